@@ -1,0 +1,3 @@
+"""bkup: centrally managed, deduplicating, continuous backup."""
+
+__version__ = "0.1.0"

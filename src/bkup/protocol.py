@@ -1,0 +1,245 @@
+"""The wire contract between agent (and CLI clients) and server: routes, bodies, errors.
+
+Every JSON body on `/api/v1` is one of these msgspec structs. Binary bodies
+(chunk upload, chunk read) are frame streams as specified in docs/format.md
+and implemented in `bkup.core.frames`. Ids of chunks and contents are hex
+strings; paths are in wire form (`bkup.core.paths`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+API = "/api/v1"
+FRAME_MEDIA_TYPE = "application/x-bkup-frames"
+
+# Upper bounds the server enforces and the agent respects.
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # one chunk-upload request
+MAX_IDS_PER_QUERY = 4096  # chunk ids in one missing/read request
+MAX_ENTRIES_PER_BATCH = 2000  # versions in one commit request
+MAX_PATHS_PER_DELETE = 10000
+
+Kind = Literal["file", "dir", "symlink"]
+RunStatus = Literal["running", "ok", "partial", "failed"]
+Trigger = Literal["manual", "schedule", "watch", "once", "setup"]
+
+
+class Struct(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
+    """Base: unknown fields in a request are an error, not silently dropped."""
+
+
+# --- errors -------------------------------------------------------------
+
+
+class ErrorBody(Struct):
+    """Every 4xx/5xx from /api/v1: a message a user can act on."""
+
+    status_code: int
+    detail: str
+    extra: dict | None = None
+
+
+# --- auth and users -----------------------------------------------------------
+
+
+class LoginRequest(Struct):
+    user: str
+    password: str
+
+
+class LoginResponse(Struct):
+    token: str
+    user: str
+    is_admin: bool
+
+
+class UserCreate(Struct):
+    name: str
+    password: str
+    is_admin: bool = False
+
+
+class UserInfo(Struct):
+    id: int
+    name: str
+    is_admin: bool
+    created_at: str
+
+
+# --- clients -------------------------------------------------------------------
+
+
+class ClientCreate(Struct):
+    name: str
+    user: str | None = None  # admins may create clients for another user
+
+
+class ClientCreated(Struct):
+    id: int
+    name: str
+    user: str
+    token: str  # the agent token, shown once
+
+
+class ClientInfo(Struct):
+    id: int
+    name: str
+    user: str
+    created_at: str
+    last_seen: str | None = None
+    last_run: RunInfo | None = None
+
+
+# --- runs ----------------------------------------------------------------------
+
+
+class RunStats(Struct):
+    files_seen: int = 0
+    files_changed: int = 0
+    files_deleted: int = 0
+    dirs_seen: int = 0
+    bytes_scanned: int = 0
+    bytes_new: int = 0  # raw bytes of chunks the server did not have
+    bytes_uploaded: int = 0  # bytes sent on the wire (compressed frames)
+    errors: int = 0
+
+
+class RunStart(Struct):
+    trigger: Trigger = "manual"
+
+
+class RunFinish(Struct):
+    status: Literal["ok", "partial", "failed"]
+    stats: RunStats
+    error: str | None = None
+
+
+class RunInfo(Struct):
+    id: int
+    client_id: int
+    seq: int
+    trigger: str
+    status: RunStatus
+    started_at: str
+    finished_at: str | None
+    stats: RunStats
+    error: str | None = None
+
+
+# --- chunks ----------------------------------------------------------------------
+
+
+class ChunkQuery(Struct):
+    """POST /chunks/missing: which of these ids does the server lack for my user?"""
+
+    ids: list[str]
+
+
+class ChunkMissing(Struct):
+    missing: list[str]
+
+
+class UploadResult(Struct):
+    """Answer to POST /chunks (body: a frame stream)."""
+
+    received: int  # frames in the stream
+    stored: int  # frames that were new and went into a pack
+    duplicates: int  # frames the server already held
+    bytes_stored: int  # encrypted bytes written to storage
+
+
+class ChunkRead(Struct):
+    """POST /chunks/read: stream these chunks (frames) of this client's owner."""
+
+    client_id: int
+    ids: list[str]
+
+
+# --- versions --------------------------------------------------------------------
+
+
+class Entry(Struct):
+    """One file system entry as the agent saw it (a version to commit)."""
+
+    path: str
+    kind: Kind
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    chunks: list[str] | None = None  # files: the content as chunk ids, in order
+    link_target: str | None = None  # symlinks: the target, wire form
+
+
+class VersionBatch(Struct):
+    entries: list[Entry]
+
+
+class CommitResult(Struct):
+    committed: int  # new versions opened
+    unchanged: int  # entries identical to the current version
+
+
+class MissingChunks(Struct):
+    """Body of the 409 answer to a commit naming chunks the server lacks."""
+
+    detail: str
+    missing: list[str]
+
+
+class DeleteBatch(Struct):
+    paths: list[str]
+
+
+class DeleteResult(Struct):
+    closed: int
+
+
+class VersionInfo(Struct):
+    """A version as listed by tree, files and history."""
+
+    path: str
+    name: str
+    kind: Kind
+    size: int
+    mtime_ns: int
+    mode: int
+    uid: int
+    gid: int
+    valid_from: int
+    valid_to: int | None
+    content_id: str | None = None
+    link_target: str | None = None
+    chunks: list[str] | None = None  # only when asked for (restore)
+
+
+class VersionPage(Struct):
+    """GET /clients/{id}/files: one page of versions under a path."""
+
+    run: int | None  # the run seq the listing is "as of" (None: no runs yet)
+    entries: list[VersionInfo]
+    next_after: str | None = None  # pass as `after` for the next page
+
+
+class Tree(Struct):
+    """GET /clients/{id}/tree: the children of one directory as of a run."""
+
+    run: int | None
+    path: str
+    entries: list[VersionInfo]
+
+
+class History(Struct):
+    path: str
+    versions: list[VersionInfo]
+
+
+def encode(obj: object) -> bytes:
+    return msgspec.json.encode(obj)
+
+
+def decode(data: bytes, type_: type) -> object:
+    return msgspec.json.decode(data, type=type_)
