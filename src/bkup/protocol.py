@@ -4,6 +4,32 @@ Every JSON body on `/api/v1` is one of these msgspec structs. Binary bodies
 (chunk upload, chunk read) are frame streams as specified in docs/format.md
 and implemented in `bkup.core.frames`. Ids of chunks and contents are hex
 strings; paths are in wire form (`bkup.core.paths`).
+
+Routes (all under /api/v1; auth is `Authorization: Bearer TOKEN`, where the
+token is a user's API token from /auth/login or a client's agent token):
+
+    POST /auth/login                 LoginRequest -> LoginResponse        anyone
+    GET  /users                      -> list[UserInfo]                    admin
+    POST /users                      UserCreate -> UserInfo               admin
+    GET  /clients[?name=N]           -> list[ClientInfo]                  user (own) / admin (all)
+    POST /clients                    ClientCreate -> ClientCreated (201)  user / admin
+    GET  /clients/{id}               -> ClientInfo                        owner / admin / its agent
+    POST /clients/{id}/token         -> ClientCreated (new agent token)   owner / admin
+    GET  /clients/{id}/runs          -> list[RunInfo]                     owner / admin / its agent
+    GET  /clients/{id}/tree?path=&run=&at=            -> Tree            owner / admin / its agent
+    GET  /clients/{id}/files?path=&run=&at=&after=&limit=&chunks=  -> VersionPage
+    GET  /clients/{id}/history?path= -> History                          owner / admin / its agent
+    GET  /agent/me                   -> ClientInfo                        agent
+    POST /runs                       RunStart -> RunInfo (201)            agent
+    POST /runs/{id}/versions         VersionBatch -> CommitResult | 409 MissingChunks   agent
+    POST /runs/{id}/deletions        DeleteBatch -> DeleteResult          agent
+    POST /runs/{id}/finish           RunFinish -> RunInfo                 agent
+    POST /chunks/missing             ChunkQuery -> ChunkMissing           agent
+    POST /chunks                     frame stream -> UploadResult         agent
+    POST /chunks/read                ChunkRead -> frame stream            owner / admin / its agent
+
+`at` is an ISO 8601 time (naive means UTC); `run` a run seq. Errors are
+ErrorBody JSON with a 4xx status; 409 on a commit carries MissingChunks.
 """
 
 from __future__ import annotations
