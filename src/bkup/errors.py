@@ -3,7 +3,8 @@
     BkupError                 anything bkup reports to a user (message + exit code)
     ├── UsageError            bad flags or arguments (exit 2)
     ├── ConfigError           settings missing or invalid
-    ├── AuthError             wrong password or token, no access
+    ├── AuthError             wrong or missing password or token (401)
+    │   └── Forbidden         authenticated, but not allowed (403)
     ├── NotFound              no such user, client, run, path, object
     ├── Conflict              name taken, target not empty, …
     ├── IntegrityError        bytes that do not match their id, damaged packs
@@ -27,6 +28,10 @@ class ConfigError(BkupError):
 
 
 class AuthError(BkupError):
+    pass
+
+
+class Forbidden(AuthError):
     pass
 
 

@@ -1,0 +1,5 @@
+"""`python -m bkup` is the `bkup` command."""
+
+from bkup.cli.main import main
+
+main()

@@ -1,0 +1,72 @@
+"""Clients: create (agent token shown once), list, get, rotate token; runs and backed-up trees of a client."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from bkup import protocol
+from bkup.server import accounts, browse, runs
+from bkup.server.api.deps import Caller, Ctx
+from bkup.server.principal import require_agent
+
+PathQ = Annotated[str, QueryParameter()]
+RunQ = Annotated[int | None, QueryParameter(ge=1)]
+AtQ = Annotated[str | None, QueryParameter()]
+
+
+class ClientController(Controller):
+    path = "/clients"
+
+    @get("/", sync_to_thread=True)
+    def list_clients(
+        self, ctx: Ctx, principal: Caller, name: Annotated[str | None, QueryParameter()] = None
+    ) -> list[protocol.ClientInfo]:
+        return accounts.list_clients(ctx, principal, name)
+
+    @post("/", sync_to_thread=True)
+    def create_client(self, data: JSONBody[protocol.ClientCreate], ctx: Ctx, principal: Caller) -> protocol.ClientCreated:
+        return accounts.create_client(ctx, principal, data.name, data.user)
+
+    @get("/{client_id:int}", sync_to_thread=True)
+    def get_client(self, client_id: FromPath[int], ctx: Ctx, principal: Caller) -> protocol.ClientInfo:
+        return accounts.get_client(ctx, principal, client_id)
+
+    @post("/{client_id:int}/token", sync_to_thread=True)
+    def rotate_token(self, client_id: FromPath[int], ctx: Ctx, principal: Caller) -> protocol.ClientCreated:
+        return accounts.rotate_agent_token(ctx, principal, client_id)
+
+    @get("/{client_id:int}/runs", sync_to_thread=True)
+    def list_runs(
+        self, client_id: FromPath[int], ctx: Ctx, principal: Caller,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    ) -> list[protocol.RunInfo]:
+        return runs.list_runs(ctx, principal, client_id, limit)
+
+    @get("/{client_id:int}/tree", sync_to_thread=True)
+    def tree(self, client_id: FromPath[int], ctx: Ctx, principal: Caller, path: PathQ = "/", run: RunQ = None, at: AtQ = None) -> protocol.Tree:
+        return browse.tree(ctx, principal, client_id, path, run, at)
+
+    @get("/{client_id:int}/files", sync_to_thread=True)
+    def files(
+        self, client_id: FromPath[int], ctx: Ctx, principal: Caller,
+        path: PathQ = "/", run: RunQ = None, at: AtQ = None,
+        after: Annotated[str | None, QueryParameter()] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=browse.MAX_PAGE)] = 1000,
+        chunks: Annotated[bool, QueryParameter()] = False,
+    ) -> protocol.VersionPage:
+        return browse.files(ctx, principal, client_id, path, run, at, after, limit, chunks)
+
+    @get("/{client_id:int}/history", sync_to_thread=True)
+    def history(self, client_id: FromPath[int], ctx: Ctx, principal: Caller, path: PathQ = "/") -> protocol.History:
+        return browse.history(ctx, principal, client_id, path)
+
+
+class AgentController(Controller):
+    path = "/agent"
+
+    @get("/me", sync_to_thread=True)
+    def me(self, ctx: Ctx, principal: Caller) -> protocol.ClientInfo:
+        return accounts.get_client(ctx, principal, require_agent(principal))

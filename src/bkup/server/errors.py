@@ -1,0 +1,63 @@
+"""One place that turns errors into API answers: ErrorBody JSON with a status a client can act on."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException
+
+from bkup import errors
+from bkup.catalog.queries import MissingChunksError
+from bkup.protocol import ErrorBody
+from bkup.server.ratelimit import TooManyAttempts
+
+log = logging.getLogger("bkup.server")
+
+STATUS = (
+    (TooManyAttempts, 429),
+    (errors.Forbidden, 403),
+    (errors.AuthError, 401),
+    (errors.NotFound, 404),
+    (errors.Conflict, 409),
+    (errors.UsageError, 400),
+    (errors.IntegrityError, 400),
+    (errors.StorageError, 503),
+    (errors.ConfigError, 500),
+    (errors.BkupError, 400),
+)
+
+
+def status_of(exc: errors.BkupError) -> int:
+    return next(code for cls, code in STATUS if isinstance(exc, cls))
+
+
+def _json(status: int, detail: str, extra: dict | None = None, headers: dict | None = None) -> Response:
+    return Response(
+        ErrorBody(status_code=status, detail=detail, extra=extra),
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def bkup_error(request: Request, exc: errors.BkupError) -> Response:
+    status = status_of(exc)
+    if status >= 500:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+    extra = {"missing": exc.missing} if isinstance(exc, MissingChunksError) else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return _json(status, str(exc), extra, headers)
+
+
+def http_error(request: Request, exc: HTTPException) -> Response:
+    extra = exc.extra if isinstance(exc.extra, dict) else ({"errors": exc.extra} if exc.extra else None)
+    return _json(exc.status_code, exc.detail, extra, exc.headers)
+
+
+def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return _json(500, "internal server error; the server log has the details")
+
+
+HANDLERS = {errors.BkupError: bkup_error, HTTPException: http_error, Exception: internal_error}
