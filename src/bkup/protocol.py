@@ -19,7 +19,16 @@ token is a user's API token from /auth/login or a client's agent token):
     GET  /clients/{id}/tree?path=&run=&at=            -> Tree            owner / admin / its agent
     GET  /clients/{id}/files?path=&run=&at=&after=&limit=&chunks=  -> VersionPage
     GET  /clients/{id}/history?path= -> History                          owner / admin / its agent
+    GET  /clients/{id}/status        -> ClientStatus                      owner / admin / its agent
+    GET  /clients/{id}/config        -> ClientConfig                      owner / admin / its agent
+    PUT  /clients/{id}/config        ClientConfig -> ClientConfig         owner / admin
+    POST /clients/{id}/backup-now    -> 202                               owner / admin
+    GET  /clients/{id}/logs?level=&limit=  -> list[LogEntry]             owner / admin / its agent
     GET  /agent/me                   -> ClientInfo                        agent
+    GET  /agent/config               -> ClientConfig                      agent
+    POST /agent/heartbeat            Heartbeat -> AgentSignal             agent
+    GET  /agent/poll?version=&timeout=     -> AgentSignal (long-poll)     agent
+    POST /agent/logs                 LogBatch -> {"accepted": n}          agent
     POST /runs                       RunStart -> RunInfo (201)            agent
     POST /runs/{id}/versions         VersionBatch -> CommitResult | 409 MissingChunks   agent
     POST /runs/{id}/deletions        DeleteBatch -> DeleteResult          agent
@@ -269,3 +278,66 @@ def encode(obj: object) -> bytes:
 
 def decode(data: bytes, type_: type) -> object:
     return msgspec.json.decode(data, type=type_)
+
+
+# --- central configuration, heartbeats, logs (the agent as a service) -------------
+
+
+class PreCommand(Struct):
+    """A pre-backup command: run before each scheduled or manual run, never through a shell unless asked."""
+
+    command: str
+    timeout_s: int = 600
+    shell: bool = False
+
+
+class ClientConfig(Struct):
+    """What an agent backs up and when; kept on the server, fetched by the agent before each run."""
+
+    paths: list[str] = []
+    include: list[str] = []  # gitignore-style patterns that re-include (applied after exclude)
+    exclude: list[str] = []  # gitignore-style patterns
+    schedule: str = "every 6h"  # "every 30m" / "every 6h" / "every 1d", or a 5-field cron expression
+    watch: bool = True  # continuous backup from file events
+    commands: list[PreCommand] = []
+    bandwidth_limit_kbps: int | None = None
+    version: int = 0  # bumped by the server on every change; read-only for callers
+
+
+class Heartbeat(Struct):
+    agent_version: str
+    hostname: str
+    os: str
+    state: Literal["idle", "running", "error"]
+    detail: str | None = None
+
+
+class AgentSignal(Struct):
+    """Answer to a heartbeat or a poll: what the server wants from the agent now."""
+
+    config_version: int
+    backup_now: bool
+
+
+class LogEntry(Struct):
+    ts: str
+    level: Literal["debug", "info", "warning", "error"]
+    message: str
+    run_seq: int | None = None
+
+
+class LogBatch(Struct):
+    entries: list[LogEntry]
+
+
+class ClientStatus(Struct):
+    """A client at a glance, as the dashboard shows it."""
+
+    state: Literal["ok", "running", "failing", "stale", "offline", "never"]
+    online: bool
+    last_seen: str | None
+    last_ok_at: str | None
+    last_run: RunInfo | None
+    agent_state: str | None = None
+    hostname: str | None = None
+    agent_version: str | None = None

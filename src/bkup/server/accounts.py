@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+import secrets
+from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import delete
 from sqlmodel import Session, select
 
 from bkup import protocol
-from bkup.catalog.models import Client, Run, Token, User
+from bkup.catalog.models import Chunk, Client, Content, Log, Pack, Run, Token, User, Version
 from bkup.errors import AuthError, Conflict, NotFound, UsageError
 from bkup.server.context import ServerContext
-from bkup.server.principal import Principal, require_admin, require_user, visible_client
+from bkup.server.principal import Principal, manageable_client, require_admin, require_user, visible_client
 from bkup.server.security import hash_password, hash_token, new_password, new_token, verify_password
 
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -180,3 +182,202 @@ def admin_principal(ctx: ServerContext, user_name: str) -> Principal:
     with ctx.catalog.session() as s:
         user = get_user(s, user_name)
         return Principal(user_id=user.id, user_name=user.name, is_admin=True)
+
+
+# --- account administration -----------------------------------------------------------
+
+
+def _user_by_id(s: Session, user_id: int) -> User:
+    user = s.get(User, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id}")
+    return user
+
+
+def get_user_by_id(ctx: ServerContext, principal: Principal, user_id: int) -> protocol.UserInfo:
+    """A user as an admin sees it; a user may also look at themselves."""
+    if principal.user_id != user_id:
+        require_admin(principal)
+    with ctx.catalog.session() as s:
+        return user_info(_user_by_id(s, user_id))
+
+
+def _other_admins(s: Session, user_id: int) -> int:
+    return len(s.exec(select(User.id).where(User.is_admin == True, User.id != user_id)).all())  # noqa: E712
+
+
+def set_password(ctx: ServerContext, principal: Principal, user_id: int, password: str, *, keep_token: str | None = None) -> None:
+    """Set a user's password (an admin for anyone, a user for themselves) and sign them out everywhere.
+
+    Every API token and web session of the user is revoked, except `keep_token`
+    (the session of a user changing their own password). Agent tokens stay:
+    machines keep backing up.
+    """
+    require_user(principal)
+    if principal.user_id != user_id:
+        require_admin(principal)
+    if len(password) < MIN_PASSWORD:
+        raise UsageError(f"password too short: at least {MIN_PASSWORD} characters")
+    keep = hash_token(keep_token) if keep_token else None
+    with ctx.catalog.session() as s:
+        user = _user_by_id(s, user_id)
+        user.password_hash = hash_password(password)
+        s.add(user)
+        for tok in s.exec(select(Token).where(Token.user_id == user_id, Token.kind.in_(("api", WEB_KIND)))):
+            if tok.token_hash != keep:
+                s.delete(tok)
+        s.commit()
+
+
+def change_own_password(ctx: ServerContext, principal: Principal, current: str, password: str, *, keep_token: str | None = None) -> None:
+    """A user changes their own password: the current one must be right (a stolen session alone cannot)."""
+    require_user(principal)
+    with ctx.catalog.session() as s:
+        user = _user_by_id(s, principal.user_id)
+        if not verify_password(user.password_hash, current):
+            raise UsageError("the current password is wrong")
+    set_password(ctx, principal, principal.user_id, password, keep_token=keep_token)
+
+
+def set_admin(ctx: ServerContext, principal: Principal, user_id: int, is_admin: bool) -> protocol.UserInfo:
+    """Grant or withdraw admin rights; the last admin cannot be demoted (nobody could manage the server)."""
+    require_user(principal)
+    require_admin(principal)
+    with ctx.catalog.session() as s:
+        user = _user_by_id(s, user_id)
+        if user.is_admin and not is_admin and _other_admins(s, user_id) == 0:
+            raise Conflict(f"{user.name!r} is the last admin: make another user admin first")
+        user.is_admin = is_admin
+        s.add(user)
+        s.commit()
+        s.refresh(user)
+        return user_info(user)
+
+
+def _delete_client_rows(s: Session, client_id: int) -> None:
+    # Explicit order instead of relying on ON DELETE CASCADE alone: big tables first, each one statement.
+    for model in (Version, Log, Run, Token):
+        s.execute(delete(model).where(model.client_id == client_id))
+    s.execute(delete(Client).where(Client.id == client_id))
+
+
+def _delete_prefix(ctx: ServerContext, prefix: str) -> int:
+    n = 0
+    for key in list(ctx.store.list(prefix)):
+        ctx.store.delete(key)
+        n += 1
+    return n
+
+
+def delete_client(ctx: ServerContext, principal: Principal, client_id: int) -> str:
+    """Forget a client and its whole history (owner or admin; never its agent). Returns the client's name.
+
+    The catalog forgets it first; the run manifests in storage go next. Its
+    chunks stay with the user until garbage collection finds them unreferenced
+    (other clients of the same user may share them).
+    """
+    with ctx.catalog.session() as s:
+        client = manageable_client(s, principal, client_id)
+        name = client.name
+        _delete_client_rows(s, client.id)
+        s.commit()
+    # Client ids can be reused (SQLite reuses the highest rowid): leave no manifests behind.
+    _delete_prefix(ctx, f"manifests/{client_id}/")
+    return name
+
+
+def delete_user(ctx: ServerContext, principal: Principal, user_id: int) -> str:
+    """Delete a user with all their clients and backups (admin only). Returns the user's name.
+
+    Order: the catalog forgets the user in one transaction; then the data key
+    is destroyed (every pack of the user becomes unreadable at once); then the
+    packs and manifests are removed from storage. If storage fails halfway, the
+    leftovers are unreadable and unreferenced, and a retry of GC removes them.
+    """
+    require_user(principal)
+    require_admin(principal)
+    if principal.user_id == user_id:
+        raise Conflict("you cannot delete your own account; ask another admin")
+    with ctx.catalog.session() as s:
+        user = _user_by_id(s, user_id)
+        name = user.name
+        if user.is_admin and _other_admins(s, user_id) == 0:
+            raise Conflict(f"{name!r} is the last admin")
+        client_ids = list(s.exec(select(Client.id).where(Client.user_id == user_id)))
+        for cid in client_ids:
+            _delete_client_rows(s, cid)
+        for model in (Chunk, Content, Pack, Token):
+            s.execute(delete(model).where(model.user_id == user_id))
+        s.execute(delete(User).where(User.id == user_id))
+        s.commit()
+    ctx.keys.delete_user_key(user_id)
+    _delete_prefix(ctx, f"packs/{user_id}/")
+    for cid in client_ids:
+        _delete_prefix(ctx, f"manifests/{cid}/")
+    return name
+
+
+# --- web sessions ---------------------------------------------------------------------------
+#
+# A web session is a row in `tokens` (kind "web"), so every replica on one
+# database knows it; the browser holds the token in an HttpOnly cookie.
+
+WEB_KIND = "web"
+WEB_PREFIX = "bkup_s_"
+SESSION_IDLE = timedelta(hours=12)  # signed out after this long without a request
+SESSION_MAX = timedelta(days=7)  # and after this long in any case
+_TOUCH_EVERY = timedelta(minutes=5)  # last_used_at is written at most this often
+
+
+def start_web_session(ctx: ServerContext, name: str, password: str) -> tuple[str, Principal]:
+    """Check the password and open a session: (token for the cookie, principal)."""
+    with ctx.catalog.session() as s:
+        user = s.exec(select(User).where(User.name == name)).first()
+        if user is None or not verify_password(user.password_hash, password):
+            raise AuthError("wrong user name or password")
+        t = now()
+        token = WEB_PREFIX + secrets.token_urlsafe(32)
+        s.add(Token(user_id=user.id, kind=WEB_KIND, token_hash=hash_token(token), created_at=t, last_used_at=t))
+        # Sweep this user's expired sessions while we are here.
+        for old in s.exec(select(Token).where(Token.user_id == user.id, Token.kind == WEB_KIND)):
+            if _session_expired(old, t):
+                s.delete(old)
+        s.commit()
+        return token, Principal(user_id=user.id, user_name=user.name, is_admin=user.is_admin)
+
+
+def _session_expired(tok: Token, t: datetime) -> bool:
+    last = tok.last_used_at or tok.created_at
+    return t - tok.created_at > SESSION_MAX or t - last > SESSION_IDLE
+
+
+def web_session_principal(ctx: ServerContext, token: str | None) -> Principal:
+    """The user behind a session cookie; AuthError if it is missing, unknown or expired."""
+    if not token or not token.startswith(WEB_PREFIX):
+        raise AuthError("please log in")
+    with ctx.catalog.session() as s:
+        row = s.exec(
+            select(Token, User).join(User, User.id == Token.user_id).where(Token.token_hash == hash_token(token))
+        ).first()
+        if row is None or row[0].kind != WEB_KIND:
+            raise AuthError("your session has ended; please log in again")
+        tok, user = row
+        t = now()
+        if _session_expired(tok, t):
+            s.delete(tok)
+            s.commit()
+            raise AuthError("your session has expired; please log in again")
+        if tok.last_used_at is None or t - tok.last_used_at > _TOUCH_EVERY:
+            tok.last_used_at = t
+            s.add(tok)
+            s.commit()
+        return Principal(user_id=user.id, user_name=user.name, is_admin=user.is_admin)
+
+
+def end_web_session(ctx: ServerContext, token: str | None) -> None:
+    if not token:
+        return
+    with ctx.catalog.session() as s:
+        for tok in s.exec(select(Token).where(Token.token_hash == hash_token(token), Token.kind == WEB_KIND)):
+            s.delete(tok)
+        s.commit()

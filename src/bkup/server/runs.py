@@ -36,6 +36,7 @@ def start_run(ctx: ServerContext, principal: Principal, trigger: str) -> protoco
         run = queries.start_run(s, client_id, trigger, t)
         client = s.get(Client, client_id)
         client.last_seen = t
+        client.backup_requested_at = None  # this run serves any pending "backup now"
         s.add(client)
         s.commit()
         s.refresh(run)

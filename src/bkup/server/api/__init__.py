@@ -6,7 +6,7 @@ from litestar import Router
 from litestar.di import Provide
 
 from bkup.protocol import API
-from bkup.server.api import auth, chunks, clients, runs, users
+from bkup.server.api import agent, auth, chunks, clients, runs, users
 from bkup.server.api.deps import provide_principal
 
 
@@ -17,7 +17,7 @@ def api_router() -> Router:
             auth.AuthController,
             users.UserController,
             clients.ClientController,
-            clients.AgentController,
+            agent.AgentController,
             runs.RunController,
             chunks.ChunkController,
         ],

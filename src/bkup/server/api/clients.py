@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import Controller, get, post, put
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from bkup import protocol
-from bkup.server import accounts, browse, runs
+from bkup.server import accounts, agents, browse, runs
 from bkup.server.api.deps import Caller, Ctx
-from bkup.server.principal import require_agent
 
 PathQ = Annotated[str, QueryParameter()]
 RunQ = Annotated[int | None, QueryParameter(ge=1)]
@@ -63,10 +62,28 @@ class ClientController(Controller):
     def history(self, client_id: FromPath[int], ctx: Ctx, principal: Caller, path: PathQ = "/") -> protocol.History:
         return browse.history(ctx, principal, client_id, path)
 
+    @get("/{client_id:int}/status", sync_to_thread=True)
+    def status(self, client_id: FromPath[int], ctx: Ctx, principal: Caller) -> protocol.ClientStatus:
+        accounts.get_client(ctx, principal, client_id)  # ownership
+        return agents.client_status(ctx, client_id)
 
-class AgentController(Controller):
-    path = "/agent"
+    @get("/{client_id:int}/config", sync_to_thread=True)
+    def get_config(self, client_id: FromPath[int], ctx: Ctx, principal: Caller) -> protocol.ClientConfig:
+        return agents.get_config(ctx, principal, client_id)
 
-    @get("/me", sync_to_thread=True)
-    def me(self, ctx: Ctx, principal: Caller) -> protocol.ClientInfo:
-        return accounts.get_client(ctx, principal, require_agent(principal))
+    @put("/{client_id:int}/config", sync_to_thread=True)
+    def set_config(self, client_id: FromPath[int], data: JSONBody[protocol.ClientConfig], ctx: Ctx, principal: Caller) -> protocol.ClientConfig:
+        return agents.set_config(ctx, principal, client_id, data)
+
+    @post("/{client_id:int}/backup-now", sync_to_thread=True, status_code=202)
+    def backup_now(self, client_id: FromPath[int], ctx: Ctx, principal: Caller) -> dict[str, str]:
+        agents.request_backup(ctx, principal, client_id)
+        return {"status": "requested"}
+
+    @get("/{client_id:int}/logs", sync_to_thread=True)
+    def logs(
+        self, client_id: FromPath[int], ctx: Ctx, principal: Caller,
+        level: Annotated[str | None, QueryParameter()] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
+    ) -> list[protocol.LogEntry]:
+        return agents.list_logs(ctx, principal, client_id, level=level, limit=limit)
