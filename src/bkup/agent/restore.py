@@ -1,0 +1,503 @@
+"""Restore and listing: a client's backed-up tree, as of a run or time, written safely under a target directory.
+
+Nothing the server says is trusted (DESIGN §6): every path is validated with
+`bkup.core.paths` (refused entries become errors, the rest continues), all
+file system work happens relative to directory fds opened with O_NOFOLLOW, so
+no existing symlink inside the target is ever followed, and symlinks from the
+backup are created last, after every file and directory, so nothing is ever
+written through one. Every chunk is checked (BLAKE3 and length) before it is
+written; a file with a bad or missing chunk is reported and left out (its temp
+file removed), never half-written. Files appear atomically (temp name, then
+rename); then mode, times and, as root, ownership; directories last, deepest
+first. `/home/x/f` is restored as `TARGET/home/x/f`, as restic does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+
+from bkup import protocol
+from bkup.agent.api import ApiClient
+from bkup.agent.progress import NullProgress, Progress
+from bkup.core.frames import FrameError, decode_frame
+from bkup.core.hashing import content_id, is_chunk_id
+from bkup.core.paths import UnsafePath, is_under, normalize, parent_of, relative_parts, wire_to_fs
+from bkup.errors import Conflict, NotFound, ServerError, UsageError
+
+FETCH_BYTES = 16 * 1024 * 1024  # estimated raw bytes per chunk-read request
+DIR_FD_CACHE = 64
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class RestoreResult:
+    run: int | None = None
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class _Refused(Exception):
+    """One entry cannot be restored safely; the message says why."""
+
+
+# --- "as of" ------------------------------------------------------------------------------
+
+
+def parse_at(text: str) -> str:
+    """A user's ISO 8601 date or time as the naive UTC time the API takes.
+
+    A time without offset is local time. A bare date means the end of that
+    local day, i.e. the last backup made that day.
+    """
+    try:
+        if len(text.strip()) == 10:
+            day = date.fromisoformat(text.strip())
+            when = datetime.combine(day, time.max)
+        else:
+            when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--at: {text!r} is not an ISO 8601 date or time (e.g. 2026-11-28 or 2026-11-28T07:30)") from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # interpreted as local time
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat()
+
+
+# --- listing (for `ls`) -------------------------------------------------------------------
+
+
+def list_entries(
+    api: ApiClient, client_id: int, path: str = "/", *, run: int | None = None, at: str | None = None
+) -> protocol.Tree:
+    """The entries of directory `path` (or the one entry, if `path` is not a directory) as of a run or time."""
+    try:
+        path = normalize(path)
+    except UnsafePath as exc:
+        raise UsageError(str(exc)) from None
+    tree = api.tree(client_id, path, run=run, at=at)
+    if tree.run is None:
+        raise NotFound("no backup at or before that time" if at else "this client has no backups yet")
+    if tree.entries or path == "/":
+        return tree
+    parent = api.tree(client_id, parent_of(path), run=tree.run)
+    match = [e for e in parent.entries if e.path == path]
+    if not match:
+        raise NotFound(f"{path}: not in run {tree.run}")
+    return protocol.Tree(run=tree.run, path=path, entries=[] if match[0].kind == "dir" else match)
+
+
+# --- directories under the target -----------------------------------------------------------
+
+
+def _fs_parts(path: str, base: str) -> list[bytes]:
+    try:
+        parts = [wire_to_fs(p) for p in relative_parts(path, base)]
+    except UnsafePath as exc:
+        raise _Refused(f"refusing unsafe path {path!r:.300}: {exc}") from None
+    for p in parts:  # relative_parts and wire_to_fs already ensure this; restore depends on it
+        if p in (b"", b".", b"..") or b"/" in p or b"\0" in p:
+            raise _Refused(f"refusing unsafe path {path!r:.300}")
+    return parts
+
+
+class _Dirs:
+    """Directories under the target, reached component by component without following symlinks."""
+
+    def __init__(self, root_fd: int, overwrite: bool) -> None:
+        self.root_fd = root_fd
+        self.overwrite = overwrite
+        self._cache: OrderedDict[tuple[bytes, ...], int] = OrderedDict()
+
+    def open(self, parts: list[bytes] | tuple[bytes, ...], *, create: bool = True) -> int:
+        """A new fd (the caller closes it) of the directory TARGET/parts, made if missing and `create`."""
+        key = tuple(parts)
+        depth = len(key)
+        while depth and key[:depth] not in self._cache:
+            depth -= 1
+        fd = self._cache[key[:depth]] if depth else self.root_fd
+        for i in range(depth, len(key)):
+            fd = self._step(fd, key[i], create, key[: i + 1])
+            self._remember(key[: i + 1], fd)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        return os.dup(fd)
+
+    def _step(self, fd: int, name: bytes, create: bool, where: tuple[bytes, ...]) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise _Refused(f"{_show(where)}: directory is missing") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise _Refused(f"{_show(where)}: cannot open directory: {exc.strerror}") from None
+            if not self.overwrite:
+                raise _Refused(f"{_show(where)}: exists and is not a directory") from None
+            os.unlink(name, dir_fd=fd)  # a file or symlink in the way: remove it, never follow it
+        try:
+            os.mkdir(name, 0o700, dir_fd=fd)
+        except FileExistsError:
+            pass
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            raise _Refused(f"{_show(where)}: cannot create directory: {exc.strerror}") from None
+
+    def _remember(self, key: tuple[bytes, ...], fd: int) -> None:
+        self._cache[key] = fd
+        if len(self._cache) > DIR_FD_CACHE:
+            _, old = self._cache.popitem(last=False)
+            os.close(old)
+
+    def close(self) -> None:
+        for fd in self._cache.values():
+            os.close(fd)
+        self._cache.clear()
+
+
+def _show(parts: tuple[bytes, ...] | list[bytes]) -> str:
+    return repr(os.fsdecode(b"/" + b"/".join(parts)))
+
+
+def _apply_meta(fd: int, v: protocol.VersionInfo, as_root: bool) -> None:
+    if as_root:
+        os.fchown(fd, v.uid, v.gid)  # before chmod: chown clears setuid/setgid bits
+    os.fchmod(fd, v.mode & 0o7777)
+    os.utime(fd, ns=(v.mtime_ns, v.mtime_ns))
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _FileJob:
+    v: protocol.VersionInfo
+    parts: list[bytes]
+    chunks: list[str]
+    parent_fd: int = -1
+    fd: int = -1
+    tmp: bytes = b""
+    written: int = 0
+    failed: bool = False
+
+
+class _Restorer:
+    def __init__(self, api: ApiClient, client_id: int, root_fd: int, subpath: str, overwrite: bool, progress: Progress) -> None:
+        self.api = api
+        self.client_id = client_id
+        self.subpath = subpath
+        self.overwrite = overwrite
+        self.progress = progress
+        self.as_root = os.geteuid() == 0
+        self.dirs = _Dirs(root_fd, overwrite)
+        self.result = RestoreResult()
+        self.dir_meta: list[tuple[list[bytes], protocol.VersionInfo]] = []
+        self.symlinks: list[tuple[list[bytes], protocol.VersionInfo]] = []
+        self.batch: list[tuple[_FileJob, int, int]] = []  # (file, first chunk, end) to write after the fetch
+        self.batch_ids: dict[str, None] = {}
+        self.batch_bytes = 0
+        self.open_jobs: set[_FileJob] = set()
+
+    def error(self, message: str) -> None:
+        self.result.errors.append(message)
+
+    # entries arrive in path order, page by page
+
+    def add(self, v: protocol.VersionInfo) -> None:
+        try:
+            if not is_under(v.path, self.subpath):
+                raise _Refused(f"refusing {v.path!r:.300}: not under {self.subpath!r}")
+            parts = _fs_parts(v.path, "/")
+            if not parts:
+                if v.kind != "dir":
+                    raise _Refused(f"refusing a {v.kind} at '/'")
+                return  # the root is the target itself: leave its mode and times alone
+            if v.kind == "dir":
+                os.close(self.dirs.open(parts))
+                self.dir_meta.append((parts, v))
+            elif v.kind == "symlink":
+                self.symlinks.append((parts, v))
+            elif v.kind == "file":
+                self._add_file(v, parts)
+            else:
+                raise _Refused(f"{v.path!r:.300}: unknown kind {v.kind!r}")
+        except _Refused as exc:
+            self.error(str(exc))
+        except OSError as exc:
+            self.error(f"{v.path!r:.300}: {exc.strerror or exc}")
+
+    def _add_file(self, v: protocol.VersionInfo, parts: list[bytes]) -> None:
+        chunks = v.chunks
+        if chunks is None:
+            raise _Refused(f"{v.path!r:.300}: the server sent no chunk list")
+        if not all(is_chunk_id(c) for c in chunks):
+            raise _Refused(f"{v.path!r:.300}: malformed chunk id in its chunk list")
+        if v.content_id is not None and content_id(chunks) != v.content_id:
+            raise _Refused(f"{v.path!r:.300}: chunk list does not match its content id")
+        job = _FileJob(v, parts, chunks)
+        if not chunks:
+            self._write(job, {}, {}, 0, 0)
+            return
+        est = max(1, v.size // len(chunks))
+        start = 0
+        for i, cid in enumerate(chunks):
+            if cid not in self.batch_ids:
+                if len(self.batch_ids) >= protocol.MAX_IDS_PER_QUERY or self.batch_bytes >= FETCH_BYTES:
+                    if i > start:
+                        self.batch.append((job, start, i))
+                        start = i
+                    self.flush()
+                self.batch_ids[cid] = None
+                self.batch_bytes += est
+        self.batch.append((job, start, len(chunks)))
+
+    def flush(self) -> None:
+        """Fetch the batch's chunks and write them out, in order, file by file."""
+        if not self.batch:
+            return
+        got, reasons = self._fetch(list(self.batch_ids))
+        batch, self.batch, self.batch_ids, self.batch_bytes = self.batch, [], {}, 0
+        for job, start, end in batch:
+            if not job.failed:
+                self._write(job, got, reasons, start, end)
+
+    def _write(self, job: _FileJob, got: dict[str, bytes], reasons: dict[str, str], start: int, end: int) -> None:
+        """Write chunks [start, end) of a file; the last piece puts the file in place."""
+        try:
+            if job.fd < 0:
+                self._start(job)
+            for cid in job.chunks[start:end]:
+                raw = got.get(cid)
+                if raw is None:
+                    raise _Refused(f"{job.v.path!r:.300}: damaged, not restored: chunk {cid} {reasons.get(cid, 'missing')}")
+                _write_all(job.fd, raw)
+                job.written += len(raw)
+                self.progress.advance(bytes=len(raw))
+            if end == len(job.chunks):
+                self._finish(job)
+        except _Refused as exc:
+            self._fail(job, str(exc))
+        except OSError as exc:
+            self._fail(job, f"{job.v.path!r:.300}: {exc.strerror or exc}")
+
+    def _fetch(self, ids: list[str]) -> tuple[dict[str, bytes], dict[str, str]]:
+        """Verified plaintext of as many of `ids` as the server gives, and why the others are absent."""
+        got: dict[str, bytes] = {}
+        reasons: dict[str, str] = {}
+        todo = ids
+        for attempt in (1, 2):
+            try:
+                self._read_into(todo, got, reasons)
+            except NotFound:
+                # One absent chunk fails the whole request: split to find the readable ones.
+                if len(todo) == 1:
+                    reasons[todo[0]] = "is not stored on the server"
+                else:
+                    half = len(todo) // 2
+                    for part in (todo[:half], todo[half:]):
+                        more, why = self._fetch(part)
+                        got.update(more)
+                        reasons.update(why)
+                return got, reasons
+            except (ServerError, FrameError) as exc:
+                todo = [i for i in todo if i not in got and i not in reasons]
+                if attempt == 2 or not todo:
+                    for cid in todo:
+                        reasons.setdefault(cid, f"could not be read ({exc})")
+                continue
+            break
+        return got, reasons
+
+    def _read_into(self, ids: list[str], got: dict[str, bytes], reasons: dict[str, str]) -> None:
+        wanted = set(ids)
+        for frame in self.api.read_chunks(self.client_id, ids):
+            if frame.id not in wanted or frame.id in got:
+                continue
+            try:
+                got[frame.id] = decode_frame(frame)
+            except FrameError as exc:
+                reasons[frame.id] = f"failed verification ({exc})"
+
+    def _start(self, job: _FileJob) -> None:
+        job.parent_fd = self.dirs.open(job.parts[:-1])
+        self.open_jobs.add(job)
+        job.tmp = b".bkup-restore-" + secrets.token_hex(6).encode()
+        job.fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=job.parent_fd)
+
+    def _finish(self, job: _FileJob) -> None:
+        v = job.v
+        if job.written != v.size:
+            raise _Refused(f"{v.path!r:.300}: damaged, not restored: {job.written} bytes but the listing says {v.size}")
+        _apply_meta(job.fd, v, self.as_root)
+        os.close(job.fd)
+        job.fd = -1
+        name = job.parts[-1]
+        try:
+            os.rename(job.tmp, name, src_dir_fd=job.parent_fd, dst_dir_fd=job.parent_fd)
+        except OSError as exc:
+            raise _Refused(f"{v.path!r:.300}: cannot put in place: {exc.strerror}") from None
+        job.tmp = b""
+        self._close(job)
+        self.result.files += 1
+        self.result.bytes += job.written
+        self.progress.advance(files=1)
+
+    def _fail(self, job: _FileJob, message: str) -> None:
+        job.failed = True
+        self.error(message)
+        self._close(job)
+
+    def _close(self, job: _FileJob) -> None:
+        if job.fd >= 0:
+            os.close(job.fd)
+            job.fd = -1
+        if job.tmp:
+            try:
+                os.unlink(job.tmp, dir_fd=job.parent_fd)
+            except OSError:
+                pass
+            job.tmp = b""
+        if job.parent_fd >= 0:
+            os.close(job.parent_fd)
+            job.parent_fd = -1
+        self.open_jobs.discard(job)
+
+    # last: symlinks, then directory metadata deepest first
+
+    def make_symlinks(self) -> None:
+        for parts, v in self.symlinks:
+            try:
+                if v.link_target is None:
+                    raise _Refused(f"{v.path!r:.300}: symlink without a target")
+                try:
+                    target = wire_to_fs(v.link_target)
+                except UnsafePath as exc:
+                    raise _Refused(f"{v.path!r:.300}: bad symlink target: {exc}") from None
+                pfd = self.dirs.open(parts[:-1])
+                try:
+                    self._symlink(pfd, parts[-1], target, v)
+                finally:
+                    os.close(pfd)
+                self.result.symlinks += 1
+            except _Refused as exc:
+                self.error(str(exc))
+            except OSError as exc:
+                self.error(f"{v.path!r:.300}: {exc.strerror or exc}")
+
+    def _symlink(self, pfd: int, name: bytes, target: bytes, v: protocol.VersionInfo) -> None:
+        try:
+            os.symlink(target, name, dir_fd=pfd)
+        except FileExistsError:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if not self.overwrite or stat.S_ISDIR(st.st_mode):
+                raise _Refused(f"{v.path!r:.300}: cannot create symlink, something else is there") from None
+            os.unlink(name, dir_fd=pfd)
+            os.symlink(target, name, dir_fd=pfd)
+        if self.as_root:
+            os.chown(name, v.uid, v.gid, dir_fd=pfd, follow_symlinks=False)
+        os.utime(name, ns=(v.mtime_ns, v.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+    def set_dir_meta(self) -> None:
+        # Deepest first: a directory's mode and times change only after everything inside it is done,
+        # and the ancestors walked through to reach it are still untouched.
+        for parts, v in sorted(self.dir_meta, key=lambda item: len(item[0]), reverse=True):
+            try:
+                fd = self.dirs.open(parts, create=False)
+                try:
+                    _apply_meta(fd, v, self.as_root)
+                finally:
+                    os.close(fd)
+                self.result.dirs += 1
+            except _Refused as exc:
+                self.error(str(exc))
+            except OSError as exc:
+                self.error(f"{v.path!r:.300}: {exc.strerror or exc}")
+
+    def abort(self) -> None:
+        for job in list(self.open_jobs):
+            self._close(job)
+        self.dirs.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+# --- the whole restore -----------------------------------------------------------------------------
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.is_symlink() and not target.exists():
+        raise Conflict(f"target {target} is a dangling symlink")
+    if target.exists():
+        if not target.is_dir():
+            raise Conflict(f"target {target} exists and is not a directory")
+        if not overwrite and any(target.iterdir()):
+            raise Conflict(f"target {target} is not empty; use --overwrite")
+
+
+def restore_tree(
+    api: ApiClient,
+    client_id: int,
+    target: Path | str,
+    *,
+    run: int | None = None,
+    at: str | None = None,
+    subpath: str = "/",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore the client's tree under `subpath`, as of `run` (seq) or `at` (ISO time) or the latest run, under `target`."""
+    try:
+        subpath = normalize(subpath)
+    except UnsafePath as exc:
+        raise UsageError(f"--path: {exc}") from None
+    target = Path(target)
+    progress = progress or NullProgress()
+    _check_target(target, overwrite)
+
+    # A first pass without chunk lists: totals for the progress bar, and the run, pinned for the second.
+    seq: int | None = None
+    entries = files = size = 0
+    for page in api.files(client_id, subpath, run=run, at=at):
+        seq = page.run
+        if seq is None:
+            raise NotFound("no backup at or before that time" if at else "this client has no backups yet")
+        entries += len(page.entries)
+        for v in page.entries:
+            if v.kind == "file":
+                files += 1
+                size += v.size
+    if not entries:
+        raise NotFound(f"{subpath} is not in run {seq}")
+
+    target.mkdir(parents=True, exist_ok=True)
+    root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    restorer = _Restorer(api, client_id, root_fd, subpath, overwrite, progress)
+    restorer.result.run = seq
+    progress.start(f"restore run {seq}", total_files=files, total_bytes=size)
+    try:
+        for page in api.files(client_id, subpath, run=seq, chunks=True):
+            for v in page.entries:
+                restorer.add(v)
+        restorer.flush()
+        restorer.make_symlinks()
+        restorer.set_dir_meta()
+    finally:
+        restorer.abort()
+        os.close(root_fd)
+        progress.finish()
+    return restorer.result
+
