@@ -30,15 +30,23 @@ token is a user's API token from /auth/login or a client's agent token):
     GET  /agent/poll?version=&timeout=     -> AgentSignal (long-poll)     agent
     POST /agent/logs                 LogBatch -> {"accepted": n}          agent
     POST /runs                       RunStart -> RunInfo (201)            agent
-    POST /runs/{id}/versions         VersionBatch -> CommitResult | 409 MissingChunks   agent
+    POST /runs/{id}/versions         VersionBatch -> CommitResult | 409 (extra.missing)  agent
     POST /runs/{id}/deletions        DeleteBatch -> DeleteResult          agent
     POST /runs/{id}/finish           RunFinish -> RunInfo                 agent
     POST /chunks/missing             ChunkQuery -> ChunkMissing           agent
     POST /chunks                     frame stream -> UploadResult         agent
     POST /chunks/read                ChunkRead -> frame stream            owner / admin / its agent
+    GET  /users/{id}/policy          -> PolicyInfo                        admin / that user
+    PUT  /users/{id}/policy          {rule: int|null, ...} -> PolicyInfo  admin / that user
+    GET  /clients/{id}/policy        -> PolicyInfo                        owner / admin
+    PUT  /clients/{id}/policy        {rule: int|null, ...} -> PolicyInfo  owner / admin
+    GET  /users/{id}/alerts          -> AlertSettings                     admin / that user
+    PUT  /users/{id}/alerts          AlertSettings -> AlertSettings       admin / that user
+    POST /alerts/test                -> list[AlertDelivery]               user (own webhook) / admin (+ global)
 
 `at` is an ISO 8601 time (naive means UTC); `run` a run seq. Errors are
-ErrorBody JSON with a 4xx status; 409 on a commit carries MissingChunks.
+ErrorBody JSON with a 4xx status; a 409 on a commit lists the chunks the
+server lacks in `extra.missing`.
 """
 
 from __future__ import annotations
@@ -61,8 +69,12 @@ RunStatus = Literal["running", "ok", "partial", "failed"]
 Trigger = Literal["manual", "schedule", "watch", "once", "setup"]
 
 
-class Struct(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
-    """Base: unknown fields in a request are an error, not silently dropped."""
+class Struct(msgspec.Struct, omit_defaults=False):
+    """Base of answers: a reader ignores fields it does not know, so a newer server can add some."""
+
+
+class Request(Struct, forbid_unknown_fields=True):
+    """Base of bodies a caller sends: an unknown field is an error (a typo is never silently dropped)."""
 
 
 # --- errors -------------------------------------------------------------
@@ -79,7 +91,7 @@ class ErrorBody(Struct):
 # --- auth and users -----------------------------------------------------------
 
 
-class LoginRequest(Struct):
+class LoginRequest(Request):
     user: str
     password: str
 
@@ -90,7 +102,7 @@ class LoginResponse(Struct):
     is_admin: bool
 
 
-class UserCreate(Struct):
+class UserCreate(Request):
     name: str
     password: str
     is_admin: bool = False
@@ -106,7 +118,7 @@ class UserInfo(Struct):
 # --- clients -------------------------------------------------------------------
 
 
-class ClientCreate(Struct):
+class ClientCreate(Request):
     name: str
     user: str | None = None  # admins may create clients for another user
 
@@ -130,7 +142,7 @@ class ClientInfo(Struct):
 # --- runs ----------------------------------------------------------------------
 
 
-class RunStats(Struct):
+class RunStats(Request):
     files_seen: int = 0
     files_changed: int = 0
     files_deleted: int = 0
@@ -141,11 +153,11 @@ class RunStats(Struct):
     errors: int = 0
 
 
-class RunStart(Struct):
+class RunStart(Request):
     trigger: Trigger = "manual"
 
 
-class RunFinish(Struct):
+class RunFinish(Request):
     status: Literal["ok", "partial", "failed"]
     stats: RunStats
     error: str | None = None
@@ -166,7 +178,7 @@ class RunInfo(Struct):
 # --- chunks ----------------------------------------------------------------------
 
 
-class ChunkQuery(Struct):
+class ChunkQuery(Request):
     """POST /chunks/missing: which of these ids does the server lack for my user?"""
 
     ids: list[str]
@@ -185,7 +197,7 @@ class UploadResult(Struct):
     bytes_stored: int  # encrypted bytes written to storage
 
 
-class ChunkRead(Struct):
+class ChunkRead(Request):
     """POST /chunks/read: stream these chunks (frames) of this client's owner."""
 
     client_id: int
@@ -195,7 +207,7 @@ class ChunkRead(Struct):
 # --- versions --------------------------------------------------------------------
 
 
-class Entry(Struct):
+class Entry(Request):
     """One file system entry as the agent saw it (a version to commit)."""
 
     path: str
@@ -209,7 +221,7 @@ class Entry(Struct):
     link_target: str | None = None  # symlinks: the target, wire form
 
 
-class VersionBatch(Struct):
+class VersionBatch(Request):
     entries: list[Entry]
 
 
@@ -218,14 +230,7 @@ class CommitResult(Struct):
     unchanged: int  # entries identical to the current version
 
 
-class MissingChunks(Struct):
-    """Body of the 409 answer to a commit naming chunks the server lacks."""
-
-    detail: str
-    missing: list[str]
-
-
-class DeleteBatch(Struct):
+class DeleteBatch(Request):
     paths: list[str]
 
 
@@ -283,7 +288,7 @@ def decode(data: bytes, type_: type) -> object:
 # --- central configuration, heartbeats, logs (the agent as a service) -------------
 
 
-class PreCommand(Struct):
+class PreCommand(Request):
     """A pre-backup command: run before each scheduled or manual run, never through a shell unless asked."""
 
     command: str
@@ -291,7 +296,7 @@ class PreCommand(Struct):
     shell: bool = False
 
 
-class ClientConfig(Struct):
+class ClientConfig(Request):
     """What an agent backs up and when; kept on the server, fetched by the agent before each run."""
 
     paths: list[str] = []
@@ -304,7 +309,7 @@ class ClientConfig(Struct):
     version: int = 0  # bumped by the server on every change; read-only for callers
 
 
-class Heartbeat(Struct):
+class Heartbeat(Request):
     agent_version: str
     hostname: str
     os: str
@@ -319,14 +324,14 @@ class AgentSignal(Struct):
     backup_now: bool
 
 
-class LogEntry(Struct):
+class LogEntry(Request):
     ts: str
     level: Literal["debug", "info", "warning", "error"]
     message: str
     run_seq: int | None = None
 
 
-class LogBatch(Struct):
+class LogBatch(Request):
     entries: list[LogEntry]
 
 
@@ -341,3 +346,37 @@ class ClientStatus(Struct):
     agent_state: str | None = None
     hostname: str | None = None
     agent_version: str | None = None
+
+
+# --- retention ------------------------------------------------------------------------
+
+
+class PolicyInfo(Struct):
+    """A retention policy (docs/retention.md). PUT takes the `policy` object itself: rule -> count or null.
+
+    Rules: keep_versions, keep_days, keep_daily, keep_weekly, keep_monthly,
+    keep_deleted_days (whole numbers >= 0). A client's policy overrides its
+    user's rule by rule; `effective` is what applies.
+    """
+
+    policy: dict[str, int]  # the rules set here ({}: none)
+    effective: dict[str, int]  # what prune applies (for a user: the same as policy)
+    description: str  # `effective` in words
+
+
+# --- alerts (docs/alerts.md) ----------------------------------------------------------
+
+
+class AlertSettings(Struct):
+    """A user's own alert webhook (http/https URL), besides the server's global ones; null: none."""
+
+    webhook: str | None = None
+
+
+class AlertDelivery(Struct):
+    """One test delivery: the webhook (path hidden), whether it answered 2xx, its status or the error."""
+
+    url: str
+    ok: bool
+    status: int | None = None
+    error: str | None = None
