@@ -8,7 +8,9 @@ import secrets
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-_hasher = PasswordHasher()
+# OWASP's Argon2id baseline (19 MiB, 2 passes): argon2-cffi's default takes
+# 64 MiB per hash, which would dominate a server's peak memory at every login.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
 API_PREFIX = "bkup_u_"
 AGENT_PREFIX = "bkup_a_"

@@ -176,18 +176,17 @@ class MemoryStore:
 # --- fsspec: local folder and S3 ------------------------------------------------------
 
 
-def _backend_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError]
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        errors += [BotoCoreError, ClientError]
-    except ImportError:  # pragma: no cover - s3fs is a dependency
-        pass
-    return tuple(errors)
+# Errors of the backends, translated into StorageError. botocore joins the list
+# when the first S3 store is opened: importing it costs ~20 MB and 0.3 s, which
+# a server on local storage should not pay.
+_BACKEND_ERRORS: tuple[type[BaseException], ...] = (OSError,)
 
 
-_BACKEND_ERRORS = _backend_errors()
+def _add_botocore_errors() -> None:
+    global _BACKEND_ERRORS
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    _BACKEND_ERRORS = (OSError, BotoCoreError, ClientError)
 
 
 class _TranslatingWriter(io.RawIOBase):
@@ -445,6 +444,8 @@ def _open_file_store(url: str, host: str, path: str) -> FsspecStore:
 
 def _open_s3_store(url: str, bucket: str, path: str, endpoint: str | None) -> FsspecStore:
     from s3fs import S3FileSystem
+
+    _add_botocore_errors()
 
     bucket = bucket.rsplit("@", 1)[-1]
     if not bucket:
