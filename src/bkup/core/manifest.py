@@ -1,0 +1,150 @@
+"""The manifest format: JSON Lines records, zstd-compressed, cut into AES-256-GCM segments (docs/format.md §7).
+
+A manifest is the storage-side record of what a run (or a prune) did to a
+client's versions, so that the catalog can be rebuilt from storage alone.
+This module only turns records into bytes and back; `bkup.server.manifests`
+decides what the records are and where they go.
+
+    manifest = magic "BKMAN001" | user_id u32 | segment*
+    segment  = length u32 | nonce (12) | AES-256-GCM(ciphertext) | tag (16)
+
+The segments' plaintexts, concatenated, are one zstd stream of UTF-8 JSON
+lines: a header object first, then one object per record. Each segment is
+bound to its place: AAD = ``bkup-manifest:<user_id>:<client_id>:<name>:<i>``
+with ``:last`` appended on the final segment, so segments cannot be dropped,
+reordered, truncated away or moved to another manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from bkup.errors import IntegrityError
+
+MAGIC = b"BKMAN001"
+FORMAT_VERSION = 1
+SEGMENT_SIZE = 4 * 2**20  # plaintext (compressed) bytes per segment
+NONCE_SIZE = 12
+TAG_SIZE = 16
+_U32 = struct.Struct(">I")
+_encoder = msgspec.json.Encoder()
+
+
+class ManifestError(IntegrityError):
+    """A manifest that is damaged, truncated, or sealed for another user, client or name."""
+
+
+def _aad(user_id: int, client_id: int, name: str, index: int, last: bool) -> bytes:
+    return f"bkup-manifest:{user_id}:{client_id}:{name}:{index}{':last' if last else ''}".encode()
+
+
+class ManifestEncoder:
+    """Builds one manifest: `begin()`, `add(record)` for each record (header first), `finish()`.
+
+    Every call returns the bytes to append to the object; at most about one
+    segment is held in memory.
+    """
+
+    def __init__(self, key: bytes, user_id: int, client_id: int, name: str, *, segment_size: int = SEGMENT_SIZE) -> None:
+        self._aead = AESGCM(key)
+        self._ids = (user_id, client_id, name)
+        self._segment_size = segment_size
+        self._compressor = zstandard.ZstdCompressor(level=3).compressobj()
+        self._pending = bytearray()
+        self._index = 0
+        self.records = 0
+
+    def begin(self) -> bytes:
+        return MAGIC + _U32.pack(self._ids[0])
+
+    def add(self, record: Any) -> bytes:
+        self.records += 1
+        self._pending += self._compressor.compress(_encoder.encode(record) + b"\n")
+        out = bytearray()
+        while len(self._pending) > self._segment_size:
+            out += self._seal(bytes(self._pending[: self._segment_size]), last=False)
+            del self._pending[: self._segment_size]
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        self._pending += self._compressor.flush()
+        out = bytearray()
+        while len(self._pending) > self._segment_size:
+            out += self._seal(bytes(self._pending[: self._segment_size]), last=False)
+            del self._pending[: self._segment_size]
+        out += self._seal(bytes(self._pending), last=True)
+        self._pending.clear()
+        return bytes(out)
+
+    def _seal(self, plain: bytes, *, last: bool) -> bytes:
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = nonce + self._aead.encrypt(nonce, plain, _aad(*self._ids, self._index, last))
+        self._index += 1
+        return _U32.pack(len(sealed)) + sealed
+
+
+def encode_manifest(key: bytes, user_id: int, client_id: int, name: str, records: list[Any]) -> bytes:
+    """A whole manifest in memory (small manifests and tests)."""
+    enc = ManifestEncoder(key, user_id, client_id, name)
+    return enc.begin() + b"".join(enc.add(r) for r in records) + enc.finish()
+
+
+def manifest_user(data: bytes) -> int:
+    """The user id a manifest is sealed for (read before choosing the key)."""
+    if len(data) < len(MAGIC) + 4 or not data.startswith(MAGIC):
+        raise ManifestError("not a bkup manifest (bad magic)")
+    return _U32.unpack_from(data, len(MAGIC))[0]
+
+
+def decode_manifest(key: bytes, client_id: int, name: str, data: bytes) -> Iterator[dict[str, Any]]:
+    """The records of a manifest, header first; raises ManifestError on any damage (possibly after some records)."""
+    user_id = manifest_user(data)
+    aead = AESGCM(key)
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    pos = len(MAGIC) + 4
+    index = 0
+    buffer = b""
+    last = False
+    while not last:
+        if pos + 4 > len(data):
+            raise ManifestError(f"manifest {client_id}/{name}: truncated after segment {index}")
+        (length,) = _U32.unpack_from(data, pos)
+        sealed = data[pos + 4 : pos + 4 + length]
+        if len(sealed) != length or length < NONCE_SIZE + TAG_SIZE:
+            raise ManifestError(f"manifest {client_id}/{name}: segment {index} is truncated")
+        pos += 4 + length
+        last = pos == len(data)
+        try:
+            plain = aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], _aad(user_id, client_id, name, index, last))
+        except InvalidTag:
+            raise ManifestError(
+                f"manifest {client_id}/{name}: segment {index} fails authentication (damaged, truncated, or another key)"
+            ) from None
+        index += 1
+        try:
+            buffer += decompressor.decompress(plain)
+        except zstandard.ZstdError as e:
+            raise ManifestError(f"manifest {client_id}/{name}: bad compressed data: {e}") from None
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            yield _decode_line(client_id, name, line)
+    if buffer:
+        raise ManifestError(f"manifest {client_id}/{name}: ends inside a record")
+
+
+def _decode_line(client_id: int, name: str, line: bytes) -> dict[str, Any]:
+    try:
+        record = msgspec.json.decode(line)
+    except msgspec.DecodeError as e:
+        raise ManifestError(f"manifest {client_id}/{name}: bad record: {e}") from None
+    if not isinstance(record, dict):
+        raise ManifestError(f"manifest {client_id}/{name}: a record is not an object")
+    return record

@@ -1,0 +1,62 @@
+"""The manifest format: records round-trip through zstd and AES-GCM segments; damage and misuse are refused."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from bkup.core.manifest import ManifestEncoder, ManifestError, decode_manifest, encode_manifest, manifest_user
+
+KEY = os.urandom(32)
+
+
+def records(n: int) -> list[dict]:
+    rnd = random.Random(n)
+    return [{"type": "run", "n": n}] + [{"op": "open", "path": f"/f{i}", "chunks": [rnd.randbytes(32).hex()]} for i in range(n)]
+
+
+def test_round_trip_with_many_segments():
+    enc = ManifestEncoder(KEY, 7, 3, "12", segment_size=10_000)
+    data = enc.begin() + b"".join(enc.add(r) for r in records(3000)) + enc.finish()
+    assert manifest_user(data) == 7
+    assert list(decode_manifest(KEY, 3, "12", data)) == records(3000)
+    assert len(data) > 100_000  # many segments
+
+
+def test_empty_and_small():
+    assert list(decode_manifest(KEY, 1, "1", encode_manifest(KEY, 1, 1, "1", []))) == []
+    assert list(decode_manifest(KEY, 1, "1", encode_manifest(KEY, 1, 1, "1", [{"a": 1}]))) == [{"a": 1}]
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda d: d[:-1],  # truncated inside the last segment
+        lambda d: d + b"\0" * 8,  # bytes appended
+        lambda d: d[:20] + bytes([d[20] ^ 1]) + d[21:],  # a flipped byte
+        lambda d: b"NOTAMANI" + d[8:],
+    ],
+)
+def test_damage_is_refused(mangle):
+    data = encode_manifest(KEY, 1, 2, "5", records(50))
+    with pytest.raises(ManifestError):
+        list(decode_manifest(KEY, 2, "5", mangle(data)))
+
+
+def test_dropping_the_last_segment_is_refused():
+    enc = ManifestEncoder(KEY, 1, 2, "5", segment_size=1000)
+    parts = [enc.begin()] + [enc.add(r) for r in records(3000)]
+    full = b"".join(parts) + enc.finish()
+    cut = b"".join(parts)  # every segment sealed so far, none marked last
+    assert len(cut) > 12 and cut != full
+    with pytest.raises(ManifestError):
+        list(decode_manifest(KEY, 2, "5", cut))
+
+
+def test_a_manifest_cannot_be_moved_or_opened_with_another_key():
+    data = encode_manifest(KEY, 1, 2, "5", records(3))
+    for client, name, key in ((3, "5", KEY), (2, "6", KEY), (2, "5", os.urandom(32))):
+        with pytest.raises(ManifestError):
+            list(decode_manifest(key, client, name, data))
