@@ -1,15 +1,25 @@
 """One backup run: walk, compare with the state cache, chunk what changed, upload what the server lacks, commit, finish.
 
-The pieces are separate so that reading/chunking can later run in parallel
-(issue #8): `chunk_file` turns one file into chunk ids (streaming each chunk to
-a sink), `Uploader` buffers chunks and uploads only the missing ones in
-batches, `Committer` sends entries once all their chunks are on the server and
-only then updates the state cache. `run_backup` drives them, single-threaded.
+The run is a small pipeline (docs/performance.md), so that both cores work:
+
+- the calling thread walks the tree, looks entries up in the state cache in
+  bulk, hands changed files to the readers in work batches (many small files
+  or a few large ones per batch), and commits entries;
+- READERS threads each take whole work batches: open, read, cut, hash; every
+  chunk id is claimed once per run, and new chunks collect into groups of
+  about a quarter of the buffer;
+- UPLOADERS threads each take a group: ask which ids the server lacks,
+  compress only those, upload them as one frame stream, and report the group's
+  entries back as committable.
+
+zstd, BLAKE3, FastCDC, reads and sockets all release the GIL, so the threads
+overlap; every queue is bounded, and all buffered chunk bytes together never
+exceed `buffer_bytes`.
 
 Invariants: a file is never committed torn (it is re-read once if it changed
 while being read, then skipped with a warning); an entry is committed only
-after every chunk it names was uploaded or reported present; the cache
-follows the server, never leads it.
+after every chunk it names was uploaded or reported present (by whichever
+group claimed it); the cache follows the server, never leads it.
 """
 
 from __future__ import annotations
@@ -17,14 +27,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bkup import protocol
 from bkup.agent.api import ApiClient, MissingChunksError
 from bkup.agent.progress import NullProgress, Progress
-from bkup.agent.scanner import ScanEntry, ScanReport, resolve_roots, scan
+from bkup.agent.scanner import ScanEntry, ScanReport, dirty_paths, resolve_roots, scan
 from bkup.agent.state import CachedEntry, StateCache
 from bkup.core.chunker import ensure_native, iter_chunks_fd
 from bkup.core.frames import HEADER_SIZE, encode_chunk
@@ -35,10 +47,15 @@ from bkup.errors import UsageError
 
 log = logging.getLogger("bkup.agent")
 
-BUFFER_BYTES = 16 * 1024 * 1024  # raw chunks waiting for the "missing?" question
+BUFFER_BYTES = 32 * 1024 * 1024  # all raw chunks read but not yet uploaded, over every thread
 UPLOAD_BYTES = 32 * 1024 * 1024  # frame bytes in one upload request
 COMMIT_JSON_BYTES = 16 * 1024 * 1024  # rough size bound of one commit request body
 SEEN_BATCH = 5000
+LOOKUP_BATCH = 512  # scanned entries looked up in the state cache with one query
+READERS = 2  # threads that read, cut and hash (each takes whole work batches)
+UPLOADERS = 2  # threads that ask, compress and upload (each takes whole groups)
+WORK_FILES = 256  # files in one reader work batch...
+WORK_BYTES = 16 * 1024 * 1024  # ...or about this many bytes, whichever comes first
 
 Sink = Callable[[str, bytes], None]
 
@@ -89,7 +106,7 @@ def chunk_file(fs_path: bytes, sink: Sink) -> FileContent:
             raise FileChanged("not a regular file any more")
         ids: list[str] = []
         total = 0
-        for raw in iter_chunks_fd(fd):
+        for raw in iter_chunks_fd(fd):  # the module global: tests wrap it
             cid = chunk_id(raw)
             ids.append(cid)
             total += len(raw)
@@ -108,12 +125,33 @@ def chunk_file(fs_path: bytes, sink: Sink) -> FileContent:
 # --- uploads ------------------------------------------------------------------------------
 
 
-class Uploader:
-    """Buffers raw chunks (bounded), asks which the server lacks, uploads those as frame batches.
+@dataclass(slots=True)
+class _Item:
+    entry: protocol.Entry
+    cached: CachedEntry
+    scan: ScanEntry
 
-    `known` holds the ids this run already knows the server has (asked or
-    uploaded); the server keeps chunks a running run has asked about, so they
-    need not be asked again.
+
+@dataclass(slots=True)
+class _Group:
+    """New chunks and the entries read with them: uploaded together, then committable."""
+
+    chunks: dict[str, bytes] = field(default_factory=dict)
+    items: list[_Item] = field(default_factory=list)
+    size: int = 0
+
+
+class _Aborted(Exception):
+    """Another pipeline thread failed; this one stops."""
+
+
+class Uploader:
+    """The run's chunk side: claims ids, bounds buffered bytes, and runs the upload threads.
+
+    Each chunk id is claimed by exactly one group per run (`claim`); entries
+    naming an id claimed elsewhere wait in the committer until that group is
+    done. `reserve`/`release` keep every buffered raw byte (in readers' open
+    groups, queued, or being uploaded) under `buffer_bytes`.
     """
 
     def __init__(
@@ -123,74 +161,184 @@ class Uploader:
         level: int = 3,
         buffer_bytes: int = BUFFER_BYTES,
         upload_bytes: int = UPLOAD_BYTES,
-        on_flush: Callable[[], None] | None = None,
+        threads: int = UPLOADERS,
     ) -> None:
         self.api = api
         self.level = level
         self.buffer_bytes = buffer_bytes
+        self.group_bytes = max(1, buffer_bytes // 4)
         self.upload_bytes = upload_bytes
-        self.on_flush = on_flush
-        self.known: set[str] = set()
-        self._pending: dict[str, bytes] = {}
+        self.claimed: set[str] = set()
         self.pending_bytes = 0
         self.max_pending_bytes = 0
         self.bytes_new = 0
         self.bytes_uploaded = 0
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._groups: queue.Queue[_Group | None] = queue.Queue(maxsize=threads)
+        self.done: queue.Queue[tuple[list[str], list[_Item]]] = queue.Queue()  # to the committing thread
+        self.abort = threading.Event()
+        self.failure: BaseException | None = None
+        self._threads = [threading.Thread(target=self._work, name=f"bkup-upload-{i}", daemon=True) for i in range(threads)]
+        for t in self._threads:
+            t.start()
 
-    @property
-    def has_pending(self) -> bool:
-        return bool(self._pending)
-
-    def add(self, cid: str, raw: bytes) -> None:
-        if cid in self.known or cid in self._pending:
-            return
-        if self._pending and self.pending_bytes + len(raw) > self.buffer_bytes:
-            self.flush()
-        self._pending[cid] = raw
-        self.pending_bytes += len(raw)
-        self.max_pending_bytes = max(self.max_pending_bytes, self.pending_bytes)
+    def claim(self, cid: str) -> bool:
+        """True if this caller is the first of the run to name `cid` (and so must upload or confirm it)."""
+        with self._lock:
+            if cid in self.claimed:
+                return False
+            self.claimed.add(cid)
+            return True
 
     def forget(self, ids: list[str]) -> None:
-        """The server says it lacks these after all (a commit was refused): ask again next time."""
-        self.known.difference_update(ids)
+        """The server lacks these after all (a commit was refused): claim and ask again next time."""
+        with self._lock:
+            self.claimed.difference_update(ids)
 
-    def flush(self) -> None:
-        """Upload whatever of the buffer the server lacks; afterwards every buffered id is known present."""
-        if self._pending:
-            pending, self._pending, self.pending_bytes = self._pending, {}, 0
-            missing = set(self.api.missing(list(pending)))
-            batch: list = []
-            batch_bytes = 0
-            for cid, raw in pending.items():
-                if cid not in missing:
+    def reserve(self, n: int, flush_own: Callable[[], None]) -> None:
+        """Wait until `n` more raw bytes fit in the buffer; `flush_own` submits the caller's open group first."""
+        with self._room:
+            if self.pending_bytes and self.pending_bytes + n > self.buffer_bytes:
+                self._room.release()
+                try:
+                    flush_own()  # never wait while holding an open group: that could deadlock the readers
+                finally:
+                    self._room.acquire()
+                while self.pending_bytes and self.pending_bytes + n > self.buffer_bytes:
+                    if self.abort.is_set():
+                        raise _Aborted()
+                    self._room.wait(0.1)
+            self.pending_bytes += n
+            self.max_pending_bytes = max(self.max_pending_bytes, self.pending_bytes)
+
+    def submit(self, group: _Group) -> None:
+        if not group.chunks:
+            self.done.put(([], group.items))
+            return
+        _put(self._groups, group, self.abort)
+
+    def close(self) -> None:
+        """Let the upload threads finish the queued groups and stop; raise what one of them failed with."""
+        for _ in self._threads:
+            _put(self._groups, None, self.abort)
+        for t in self._threads:
+            while t.is_alive():
+                t.join(0.1)
+                if self.abort.is_set():
+                    break
+        if self.failure is not None:
+            raise self.failure
+
+    def stop(self) -> None:
+        """Stop after the requests in flight (the run failed or is over)."""
+        self.abort.set()
+        for t in self._threads:
+            t.join()
+
+    def _work(self) -> None:
+        try:
+            while not self.abort.is_set():
+                try:
+                    group = self._groups.get(timeout=0.1)
+                except queue.Empty:
                     continue
-                frame = encode_chunk(raw, level=self.level, chunk_id=cid)
-                self.bytes_new += len(raw)
-                size = HEADER_SIZE + len(frame.data)
-                if batch and batch_bytes + size > self.upload_bytes:
-                    self._send(batch, batch_bytes)
-                    batch, batch_bytes = [], 0
-                batch.append(frame)
-                batch_bytes += size
-            if batch:
-                self._send(batch, batch_bytes)
-            self.known.update(pending)
-        if self.on_flush is not None:
-            self.on_flush()
+                if group is None:
+                    return
+                self._upload(group)
+        except BaseException as exc:  # handed to the committing thread, which raises it
+            with self._lock:
+                if self.failure is None:
+                    self.failure = exc
+            self.abort.set()
 
-    def _send(self, frames: list, size: int) -> None:
-        self.api.upload(frames)
-        self.bytes_uploaded += size
+    def _upload(self, group: _Group) -> None:
+        ids = list(group.chunks)
+        missing = set(self.api.missing(ids))
+        batch: list = []
+        batch_bytes = new = sent = 0
+        for cid in ids:
+            if cid not in missing:
+                continue
+            raw = group.chunks[cid]
+            frame = encode_chunk(raw, level=self.level, chunk_id=cid)
+            new += len(raw)
+            size = HEADER_SIZE + len(frame.data)
+            if batch and batch_bytes + size > self.upload_bytes:
+                self.api.upload(batch)
+                sent += batch_bytes
+                batch, batch_bytes = [], 0
+            batch.append(frame)
+            batch_bytes += size
+        if batch:
+            self.api.upload(batch)
+            sent += batch_bytes
+        with self._room:
+            self.bytes_new += new
+            self.bytes_uploaded += sent
+            self.pending_bytes -= group.size
+            self._room.notify_all()
+        self.done.put((ids, group.items))
+
+
+def _put(q: queue.Queue, item: object, abort: threading.Event) -> None:
+    while True:
+        if abort.is_set():
+            raise _Aborted()
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+class _Readers:
+    """READERS threads that turn work batches of changed files into groups for the uploader."""
+
+    def __init__(self, run: _Run, threads: int = READERS) -> None:
+        self.run = run
+        self.work: queue.Queue[list[ScanEntry] | None] = queue.Queue(maxsize=2 * threads)
+        self._threads = [threading.Thread(target=self._work, name=f"bkup-read-{i}", daemon=True) for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        up = self.run.uploader
+        try:
+            while not up.abort.is_set():
+                try:
+                    batch = self.work.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if batch is None:
+                    return
+                self.run.read_batch(batch)
+        except _Aborted:
+            pass
+        except BaseException as exc:
+            with up._lock:
+                if up.failure is None:
+                    up.failure = exc
+            up.abort.set()
+
+    def stop(self) -> None:
+        for t in self._threads:
+            t.join()
+
+    def close(self) -> None:
+        for _ in self._threads:
+            _put(self.work, None, self.run.uploader.abort)
+        for t in self._threads:
+            while t.is_alive():
+                t.join(0.1)
+                if self.run.uploader.abort.is_set():
+                    break
 
 
 # --- commits -----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Item:
-    entry: protocol.Entry
-    cached: CachedEntry
-    scan: ScanEntry
 
 
 def _json_size(entry: protocol.Entry) -> int:
@@ -198,29 +346,38 @@ def _json_size(entry: protocol.Entry) -> int:
 
 
 class Committer:
-    """Sends entries in batches once their chunks are uploaded; updates the state cache after each commit."""
+    """Sends entries in batches once all their chunks are confirmed; updates the state cache after each commit."""
 
     def __init__(self, api: ApiClient, run_id: int, cache: StateCache, *, batch_size: int = protocol.MAX_ENTRIES_PER_BATCH) -> None:
         self.api = api
         self.run_id = run_id
         self.cache = cache
         self.batch_size = batch_size
-        self.waiting: list[_Item] = []  # may name chunks still in the uploader's buffer
+        self.confirmed: set[str] = set()  # ids uploaded or reported present during this run
+        self.waiting: list[_Item] = []  # name chunks another group has not confirmed yet
         self.ready: list[_Item] = []
         self.refused: list[_Item] = []  # the server lacked chunks: to read again
         self.refused_ids: list[str] = []
         self.changed_files = 0
 
-    def add(self, item: _Item, *, wait: bool) -> None:
-        (self.waiting if wait else self.ready).append(item)
+    def add(self, item: _Item) -> None:
+        chunks = item.entry.chunks
+        if chunks and not self.confirmed.issuperset(chunks):
+            self.waiting.append(item)
+            return
+        self.ready.append(item)
         if len(self.ready) >= self.batch_size:
             self.commit()
 
-    def chunks_flushed(self) -> None:
-        """Everything waiting is uploaded now: commit it, so a run that dies later keeps it."""
-        self.ready.extend(self.waiting)
-        self.waiting.clear()
-        self.commit()
+    def group_done(self, ids: list[str], items: list[_Item]) -> None:
+        if ids:
+            self.confirmed.update(ids)
+            if self.waiting:
+                waiting, self.waiting = self.waiting, []
+                for item in waiting:
+                    self.add(item)
+        for item in items:
+            self.add(item)
 
     def commit(self) -> None:
         """Commit every ready entry."""
@@ -245,6 +402,7 @@ class Committer:
             missing = set(exc.missing)
             log.warning("server lacks %d chunk(s) it reported present; re-reading the affected files", len(missing))
             self.refused_ids.extend(missing)
+            self.confirmed.difference_update(missing)
             keep = []
             for item in batch:
                 (self.refused if missing.intersection(item.entry.chunks or ()) else keep).append(item)
@@ -284,68 +442,180 @@ class _Run:
         self.progress = progress
         self.stats = protocol.RunStats()
         self.report = ScanReport()
+        self._report_lock = threading.Lock()
         self.committer = Committer(api, run.id, cache)
-        self.uploader = Uploader(api, level=level, buffer_bytes=buffer_bytes, on_flush=self.committer.chunks_flushed)
+        self.uploader = Uploader(api, level=level, buffer_bytes=buffer_bytes)
+        self.readers: _Readers | None = None
+        self._batch: list[ScanEntry] = []
+        self._batch_bytes = 0
+        self._scanned = 0  # bytes read by the readers (under _report_lock)
+        self._shown = 0
 
-    def _sink(self, cid: str, raw: bytes) -> None:
-        self.uploader.add(cid, raw)
-        self.stats.bytes_scanned += len(raw)
-        self.progress.advance(bytes=len(raw))
+    # -- the walking thread
 
-    def walk(self, roots: list[bytes], excludes: Excludes, skip: frozenset[bytes]) -> None:
+    def walk(self, roots: list[bytes], excludes: Excludes, skip: frozenset[bytes], only: list[bytes] | None = None) -> None:
         self.cache.begin_walk()
-        seen: list[str] = []
-        for e in scan(roots, excludes, self.report, skip=skip):
-            seen.append(e.path)
-            if len(seen) >= SEEN_BATCH:
-                self.cache.mark_seen(seen)
-                seen = []
+        self.readers = _Readers(self)
+        pending: list[ScanEntry] = []
+        for e in scan(roots, excludes, self.report, skip=skip, only=only):
+            pending.append(e)
+            if len(pending) >= LOOKUP_BATCH:
+                self._classify(pending)
+                pending = []
+        self._classify(pending)
+        self._hand_over()
+
+    def _classify(self, entries: list[ScanEntry]) -> None:
+        if not entries:
+            return
+        paths = [e.path for e in entries]
+        self.cache.mark_seen(paths)
+        cached = self.cache.get_many(paths)
+        files = 0
+        for e in entries:
             if e.kind == "dir":
                 self.stats.dirs_seen += 1
             elif e.kind == "file":
-                self.stats.files_seen += 1
-                self.progress.advance(files=1)
-            if _unchanged(e, self.cache.get(e.path)):
+                files += 1
+            if _unchanged(e, cached.get(e.path)):
                 continue
             if e.kind == "file":
-                self.backup_file(e)
+                self._batch.append(e)
+                self._batch_bytes += e.size
+                if len(self._batch) >= WORK_FILES or self._batch_bytes >= WORK_BYTES:
+                    self._hand_over()
             elif e.kind == "symlink":
                 target = fs_to_wire(e.link_target or b"")
-                entry = self._entry(e, link_target=target)
-                self._add(_Item(entry, _cached_from_scan(e, target), e))
+                self.committer.add(_Item(_entry(e, link_target=target), _cached_from_scan(e, target), e))
             else:
-                self._add(_Item(self._entry(e), _cached_from_scan(e, ""), e))
-        self.cache.mark_seen(seen)
+                self.committer.add(_Item(_entry(e), _cached_from_scan(e, ""), e))
+        self.stats.files_seen += files
+        if files:
+            self.progress.advance(files=files)
+        self._collect()
 
-    def _entry(self, e: ScanEntry, **extra: object) -> protocol.Entry:
-        return protocol.Entry(
-            path=e.path, kind=e.kind, size=e.size, mtime_ns=e.mtime_ns, mode=e.mode, uid=e.uid, gid=e.gid, **extra
-        )
+    def _hand_over(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        assert self.readers is not None
+        while True:
+            self._check()
+            try:
+                self.readers.work.put(batch, timeout=0.05)
+                return
+            except queue.Full:
+                self._collect()
 
-    def _add(self, item: _Item) -> None:
-        self.committer.add(item, wait=self.uploader.has_pending)
-        if len(self.committer.waiting) >= protocol.MAX_ENTRIES_PER_BATCH:
-            self.uploader.flush()  # many small files: upload early rather than hold their entries
+    def _collect(self, timeout: float | None = None) -> bool:
+        """Commit what finished groups made committable; False if nothing came within `timeout`."""
+        got = False
+        while True:
+            try:
+                ids, items = self.uploader.done.get(timeout=timeout) if timeout and not got else self.uploader.done.get_nowait()
+            except queue.Empty:
+                break
+            got = True
+            self.committer.group_done(ids, items)
+        with self._report_lock:
+            scanned = self._scanned
+        if scanned > self._shown:
+            self.progress.advance(bytes=scanned - self._shown)
+            self._shown = scanned
+        return got
 
-    def backup_file(self, e: ScanEntry) -> None:
+    def _check(self) -> None:
+        if self.uploader.abort.is_set():
+            self.stop()  # let requests in flight finish, so that what they stored gets committed
+            self._collect()
+            self.committer.commit()  # keep what was uploaded before the failure
+            raise self.uploader.failure or RuntimeError("backup pipeline stopped")
+
+    def finish_pipeline(self) -> None:
+        """Wait for the readers and uploaders to finish, committing as groups complete."""
+        assert self.readers is not None
+        done = threading.Event()
+
+        def close() -> None:
+            try:
+                self.readers.close()  # type: ignore[union-attr]
+                self.uploader.close()
+            except BaseException:
+                pass  # the failure is in uploader.failure; _check raises it
+            finally:
+                done.set()
+
+        closer = threading.Thread(target=close, name="bkup-close", daemon=True)
+        closer.start()
+        while not done.is_set():
+            self._check()
+            self._collect(timeout=0.05)
+        closer.join()
+        self._check()
+        self._collect()
+
+    def stop(self) -> None:
+        self.uploader.stop()
+        if self.readers is not None:
+            self.readers.stop()
+
+    # -- reader threads
+
+    def read_batch(self, batch: list[ScanEntry]) -> None:
+        group = _Group()
+
+        def flush() -> None:
+            nonlocal group
+            if group.chunks or group.items:
+                full, group = group, _Group()
+                self.uploader.submit(full)
+
+        def sink(cid: str, raw: bytes) -> None:
+            if cid in group.chunks or not self.uploader.claim(cid):
+                return
+            self.uploader.reserve(len(raw), flush)
+            group.chunks[cid] = raw
+            group.size += len(raw)
+
+        for e in batch:
+            if self.uploader.abort.is_set():
+                raise _Aborted()
+            item, scanned = self.read_file(e, lambda cid, raw: sink(cid, raw))
+            with self._report_lock:
+                self._scanned += scanned
+            if item is not None:
+                group.items.append(item)
+            if group.size >= self.uploader.group_bytes:
+                flush()
+        flush()
+
+    def read_file(self, e: ScanEntry, sink: Sink) -> tuple[_Item | None, int]:
+        """Read one file through `sink`; its entry, or None (with a warning) if it cannot be read whole."""
         name = os.fsdecode(e.fs_path)
+        scanned = 0
+
+        def counting(cid: str, raw: bytes) -> None:
+            nonlocal scanned
+            scanned += len(raw)
+            sink(cid, raw)
+
         for attempt in (1, 2):
             try:
-                content = chunk_file(e.fs_path, self._sink)
+                content = chunk_file(e.fs_path, counting)
                 break
             except FileChanged as exc:
                 if attempt == 2:
-                    self.report.error(f"{name}: {exc} (twice); skipped, the previous version stays current")
-                    return
+                    self._error(f"{name}: {exc} (twice); skipped, the previous version stays current")
+                    return None, scanned
             except FileNotFoundError:
-                self.report.warnings.append(f"{name}: vanished before it could be read")
-                return
+                self._warn(f"{name}: vanished before it could be read")
+                return None, scanned
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
-                    self.report.warnings.append(f"{name}: replaced by another kind of file while scanning; skipped")
+                    self._warn(f"{name}: replaced by another kind of file while scanning; skipped")
                 else:
-                    self.report.error(f"{name}: cannot read: {exc.strerror or exc}")
-                return
+                    self._error(f"{name}: cannot read: {exc.strerror or exc}")
+                return None, scanned
         st = content.stat
         ids = content.chunk_ids
         read = ScanEntry(
@@ -353,21 +623,61 @@ class _Run:
             ctime_ns=st.st_ctime_ns, inode=st.st_ino, dev=st.st_dev, mode=stat.S_IMODE(st.st_mode),
             uid=st.st_uid, gid=st.st_gid,
         )
-        self._add(_Item(self._entry(read, chunks=ids), _cached_from_scan(read, content_id(ids)), read))
+        return _Item(_entry(read, chunks=ids), _cached_from_scan(read, content_id(ids)), read), scanned
+
+    def _warn(self, message: str) -> None:
+        with self._report_lock:
+            self.report.warnings.append(message)
+
+    def _error(self, message: str) -> None:
+        with self._report_lock:
+            self.report.error(message)
+
+    # -- the end
 
     def drain(self) -> None:
-        """Upload and commit everything buffered; read once more the files a commit was refused for."""
-        self.uploader.flush()  # commits everything ready once the chunks are up
-        if self.committer.refused:
-            refused, self.committer.refused = self.committer.refused, []
-            self.uploader.forget(self.committer.refused_ids)
-            self.committer.refused_ids = []
+        """Upload and commit everything; read once more (in this thread) the files a commit was refused for."""
+        self.finish_pipeline()
+        self.committer.commit()
+        for item in self.committer.waiting:  # cannot happen: every claimed id belongs to a finished group
+            self._error(f"{os.fsdecode(item.scan.fs_path)}: its chunks were never confirmed; skipped")
+        self.committer.waiting = []
+        if not self.committer.refused:
+            return
+        refused, self.committer.refused = self.committer.refused, []
+        self.uploader.forget(self.committer.refused_ids)
+        self.committer.refused_ids = []
+        again = Uploader(self.api, level=self.uploader.level, buffer_bytes=self.uploader.buffer_bytes, threads=1)
+        try:
             for item in refused:
-                self.backup_file(item.scan)
-            self.uploader.flush()
-            for item in self.committer.refused:
-                self.report.error(f"{os.fsdecode(item.scan.fs_path)}: the server refused its chunks twice; skipped")
-            self.committer.refused = []
+                group = _Group()
+
+                def sink(cid: str, raw: bytes, group: _Group = group) -> None:
+                    if cid not in group.chunks:
+                        group.chunks[cid] = raw
+                        group.size += len(raw)
+
+                fresh, scanned = self.read_file(item.scan, sink)
+                self._scanned += scanned
+                if fresh is not None:
+                    group.items.append(fresh)
+                again.pending_bytes += group.size
+                again.submit(group)
+            again.close()
+        finally:
+            again.stop()
+        self.uploader.bytes_new += again.bytes_new
+        self.uploader.bytes_uploaded += again.bytes_uploaded
+        while True:
+            try:
+                ids, items = again.done.get_nowait()
+            except queue.Empty:
+                break
+            self.committer.group_done(ids, items)
+        self.committer.commit()
+        for item in self.committer.refused:
+            self._error(f"{os.fsdecode(item.scan.fs_path)}: the server refused its chunks twice; skipped")
+        self.committer.refused = []
 
     def report_deletions(self, roots: list[bytes]) -> None:
         """Tell the server which cached paths under the roots this walk did not see; forget them."""
@@ -387,6 +697,7 @@ class _Run:
     def final_stats(self) -> protocol.RunStats:
         s = self.stats
         s.files_changed = self.committer.changed_files
+        s.bytes_scanned = self._scanned
         s.bytes_new = self.uploader.bytes_new
         s.bytes_uploaded = self.uploader.bytes_uploaded
         s.errors = self.report.errors
@@ -399,6 +710,10 @@ class _Run:
         return out
 
 
+def _entry(e: ScanEntry, **extra: object) -> protocol.Entry:
+    return protocol.Entry(path=e.path, kind=e.kind, size=e.size, mtime_ns=e.mtime_ns, mode=e.mode, uid=e.uid, gid=e.gid, **extra)
+
+
 def run_backup(
     api: ApiClient,
     roots: list[str] | list[bytes],
@@ -409,8 +724,16 @@ def run_backup(
     progress: Progress | None = None,
     compression_level: int = 3,
     buffer_bytes: int = BUFFER_BYTES,
+    only: list[bytes] | None = None,
+    before_walk: Callable[[protocol.RunInfo], list[str]] | None = None,
 ) -> BackupResult:
-    """Back up `roots` (file system paths) as one run; returns the finished run, its stats and warnings."""
+    """Back up `roots` (file system paths) as one run; returns the finished run, its stats and warnings.
+
+    `only` (watch runs): the dirty paths; the walk covers just them, their
+    ancestors and what is below them, and deletions are detected only there.
+    `before_walk(run)` runs once the run has started (the pre-backup
+    commands); the problems it returns make the run partial, in its error text.
+    """
     ensure_native()
     resolved = resolve_roots(roots)
     if not resolved:
@@ -422,11 +745,16 @@ def run_backup(
     info = api.start_run(trigger)
     run = _Run(api, info, state, progress, compression_level, buffer_bytes)
     progress.start(f"backup run {info.seq}")
+    dirty = None if only is None else dirty_paths(only, resolved)
+    notes: list[str] = []
     try:
-        run.walk(resolved, rules, skip)
+        if before_walk is not None:
+            notes = list(before_walk(info))
+        run.walk(resolved, rules, skip, only=dirty)
         run.drain()
-        run.report_deletions(resolved)
+        run.report_deletions(resolved if dirty is None else dirty)
     except BaseException as exc:
+        run.stop()
         progress.finish()
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         try:
@@ -434,11 +762,14 @@ def run_backup(
         except Exception as finish_exc:  # the original error matters more
             log.warning("could not mark run %d failed: %s", info.seq, finish_exc)
         raise
+    run.stop()
     progress.finish()
     stats = run.final_stats()
     warnings = run.warnings()
-    error = f"{stats.errors} error(s); first: {run.report.first_error}" if stats.errors else None
+    if stats.errors:
+        notes.append(f"{stats.errors} error(s); first: {run.report.first_error}")
+    error = "; ".join(notes) or None
     finished = api.finish_run(
-        info.id, protocol.RunFinish(status="partial" if stats.errors else "ok", stats=stats, error=error and error[:4000])
+        info.id, protocol.RunFinish(status="partial" if notes else "ok", stats=stats, error=error and error[:4000])
     )
     return BackupResult(finished, stats, warnings)
