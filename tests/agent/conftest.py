@@ -38,7 +38,10 @@ def live_server(tmp_path_factory) -> Iterator[LiveServer]:
         master_key=base64.b64encode(os.urandom(32)).decode(),
     )
     ctx = open_context(settings)
-    config = uvicorn.Config(create_app(settings, context=ctx), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings, context=ctx), host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+        timeout_graceful_shutdown=2,  # agents' long-polls may still be open
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="bkup-test-server", daemon=True)
     thread.start()

@@ -116,8 +116,8 @@ def test_wrong_password_and_usage_errors(cli, account, tmp_path):
     r = cli("agent", "--server", account.server, "--user", account.user, "--password-stdin", "--path", str(tmp_path),
             "--once", input="wrong-password\n", ok=False)
     assert isinstance(r.exception, AuthError) and "wrong user name or password" in str(r.exception)
-    r = cli("agent", "--server", account.server, "--token", account.agent_token, "--path", str(tmp_path), ok=False)
-    assert isinstance(r.exception, UsageError) and "--once" in str(r.exception)
+    r = cli("agent", "--server", account.server, "--user", account.user, "--path", str(tmp_path), "--once", ok=False)
+    assert isinstance(r.exception, UsageError) and "--password-stdin" in str(r.exception)
     r = cli("agent", "--server", account.server, "--path", str(tmp_path), "--once", ok=False)
     assert isinstance(r.exception, UsageError) and "--token" in str(r.exception)
     r = cli("agent", "--token", account.agent_token, "--path", str(tmp_path), "--once", ok=False)

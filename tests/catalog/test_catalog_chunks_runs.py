@@ -7,7 +7,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import FakeEntry, World, fake_chunk_id
+from catalog_kit import FakeEntry, World, fake_chunk_id
 from sqlalchemy import select
 
 from bkup.catalog import queries

@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from conftest import World, fake_chunk_id
+from catalog_kit import World, fake_chunk_id
 from sqlalchemy import event, func, select
 
 from bkup import protocol

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import Bkup, make_env
+from e2e_kit import Bkup, make_env
 
 LIMIT_MB = 200
 GIB = 1 << 30

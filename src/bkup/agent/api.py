@@ -52,6 +52,8 @@ def normalize_server(server: str) -> str:
 class ApiClient:
     """A sync client of one server with one token (or none, to log in)."""
 
+    retry_log_level = logging.WARNING  # the agent service, which retries runs itself, logs each attempt at INFO
+
     def __init__(
         self,
         server: str,
@@ -255,6 +257,42 @@ class ApiClient:
     def history(self, client_id: int, path: str) -> protocol.History:
         return self._call("GET", f"/clients/{client_id}/history", protocol.History, params={"path": path})
 
+    # --- the agent as a service: configuration, heartbeats, signals, logs ---------------------
+
+    def agent_config(self) -> protocol.ClientConfig:
+        """This agent's configuration; fields a newer server added are ignored (the struct forbids them in requests)."""
+        return _lenient(self._call("GET", "/agent/config", dict), protocol.ClientConfig, self.server)
+
+    def heartbeat(self, beat: protocol.Heartbeat) -> protocol.AgentSignal:
+        return self._call("POST", "/agent/heartbeat", protocol.AgentSignal, json=beat)
+
+    def poll(self, version: int, timeout: float = 25) -> protocol.AgentSignal:
+        """Wait (on the server) up to `timeout` s for "backup now" or a configuration newer than `version`."""
+        return self._call("GET", "/agent/poll", protocol.AgentSignal, params={"version": version, "timeout": timeout})
+
+    def send_logs(self, entries: Sequence[protocol.LogEntry]) -> int:
+        body = protocol.LogBatch(entries=list(entries))
+        return self._call("POST", "/agent/logs", dict, json=body).get("accepted", 0)
+
+    def client_config(self, client_id: int) -> protocol.ClientConfig:
+        return _lenient(self._call("GET", f"/clients/{client_id}/config", dict), protocol.ClientConfig, self.server)
+
+    def put_client_config(self, client_id: int, config: protocol.ClientConfig) -> protocol.ClientConfig:
+        """Replace a client's configuration (its owner or an admin: a user's token, not the agent's)."""
+        answer = self._call("PUT", f"/clients/{client_id}/config", dict, json=config)
+        return _lenient(answer, protocol.ClientConfig, self.server)
+
+    def backup_now(self, client_id: int) -> None:
+        self._send("POST", f"/clients/{client_id}/backup-now", idempotent=False).close()
+
+    def client_logs(self, client_id: int, *, level: str | None = None, limit: int | None = None) -> list[protocol.LogEntry]:
+        params = _params(level=level, limit=limit)
+        rows = self._call("GET", f"/clients/{client_id}/logs", list, params=params)
+        return [_lenient(row, protocol.LogEntry, self.server) for row in rows]
+
+    def client_status(self, client_id: int) -> protocol.ClientStatus:
+        return self._call("GET", f"/clients/{client_id}/status", protocol.ClientStatus)
+
     # --- plumbing -------------------------------------------------------------------------------
 
     def _call(
@@ -304,7 +342,7 @@ class ApiClient:
             except httpx.TransportError as exc:
                 if last:
                     raise ServerError(f"cannot reach server {self.server}: {_cause(exc)}") from None
-                log.warning("%s %s: %s; retrying", method, path, _cause(exc))
+                log.log(self.retry_log_level, "%s %s: %s; retrying", method, path, _cause(exc))
                 self._pause(attempt, None)
                 continue
             if resp.is_success:
@@ -316,7 +354,7 @@ class ApiClient:
             finally:
                 resp.close()
             if resp.status_code in RETRY_STATUS and not last:
-                log.warning("%s %s: HTTP %d; retrying", method, path, resp.status_code)
+                log.log(self.retry_log_level, "%s %s: HTTP %d; retrying", method, path, resp.status_code)
                 self._pause(attempt, resp.headers.get("Retry-After"))
                 continue
             raise self._error(resp)
@@ -357,6 +395,16 @@ class ApiClient:
         if 400 <= status < 500:
             return UsageError(detail)
         return ServerError(f"server error ({status}): {detail}")
+
+
+def _lenient(data: Any, type_: type[T], server: str) -> T:
+    """`data` as a request struct (which forbids unknown fields), keeping only the fields it knows."""
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k in type_.__struct_fields__}
+    try:
+        return msgspec.convert(data, type_)
+    except msgspec.ValidationError as exc:
+        raise ServerError(f"unexpected answer from {server}: {exc}") from None
 
 
 def _params(**values: Any) -> dict[str, Any]:

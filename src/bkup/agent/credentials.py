@@ -110,8 +110,15 @@ def default_client_name() -> str:
     return socket.gethostname().split(".")[0] or "localhost"
 
 
-def register(api: ApiClient, user: str, password: str, name: str) -> AgentIdentity:
-    """Log in as `user`, create client `name` (or take over the user's existing one: new token)."""
+Configure = Callable[[ApiClient, int], None]
+
+
+def register(api: ApiClient, user: str, password: str, name: str, *, configure: Configure | None = None) -> AgentIdentity:
+    """Log in as `user`, create client `name` (or take over the user's existing one: new token).
+
+    `configure(api, client_id)` runs while `api` still holds the user's token:
+    the agent's own token may not change its configuration, the owner may.
+    """
     account = api.login(user, password)
     api.token = account.token
     existing = api.list_clients(name=name)
@@ -122,6 +129,8 @@ def register(api: ApiClient, user: str, password: str, name: str) -> AgentIdenti
         created = api.rotate_token(client.id)
     else:
         created = api.create_client(name)
+    if configure is not None:
+        configure(api, created.id)
     api.token = created.token
     return AgentIdentity(server=api.server, client_id=created.id, client_name=created.name, token=created.token)
 
@@ -133,12 +142,13 @@ def agent_api(
     password: Callable[[], str] | None = None,
     name: str | None = None,
     transport: httpx.BaseTransport | None = None,
+    configure: Configure | None = None,
 ) -> tuple[ApiClient, AgentIdentity]:
     """The agent's API client and identity: --token, else the stored agent token, else registration.
 
     The identity is saved to the state dir, so later runs (and `ls`/`restore`
     on this machine) need no token. `password` is only called when
-    registration is needed.
+    registration is needed; `configure` too (see `register`).
     """
     stored = load_identity(settings.state_dir)
     server = require_server(settings.server, stored.server if stored else None)
@@ -161,9 +171,9 @@ def agent_api(
                         f"the stored agent token for {server} was refused (revoked?); "
                         "register again with --user U --password-stdin, or pass --token"
                     ) from None
-                identity = _register(api, user, password, name)
+                identity = _register(api, user, password, name, configure)
         elif user is not None:
-            identity = _register(api, user, password, name)
+            identity = _register(api, user, password, name, configure)
         else:
             raise UsageError("no agent token: give --token T, or --user U --password-stdin to register this machine")
     except BaseException:
@@ -184,7 +194,9 @@ def _identify(api: ApiClient, token: str) -> AgentIdentity:
     return AgentIdentity(server=api.server, client_id=me.id, client_name=me.name, token=token)
 
 
-def _register(api: ApiClient, user: str, password: Callable[[], str] | None, name: str | None) -> AgentIdentity:
+def _register(
+    api: ApiClient, user: str, password: Callable[[], str] | None, name: str | None, configure: Configure | None = None
+) -> AgentIdentity:
     if password is None:
         raise UsageError("--user needs --password-stdin")
-    return register(api, user, password(), name or default_client_name())
+    return register(api, user, password(), name or default_client_name(), configure=configure)

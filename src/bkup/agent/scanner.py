@@ -110,12 +110,22 @@ def _ancestors(root: bytes) -> list[bytes]:
 
 
 def scan(
-    roots: list[bytes], excludes: Excludes, report: ScanReport, *, skip: frozenset[bytes] = frozenset()
+    roots: list[bytes],
+    excludes: Excludes,
+    report: ScanReport,
+    *,
+    skip: frozenset[bytes] = frozenset(),
+    only: list[bytes] | None = None,
 ) -> Iterator[ScanEntry]:
     """Yield every entry of the (resolved) roots, parents before children, names in byte order.
 
     `skip`: absolute paths left out entirely (the agent's own state dir).
+    `only`: dirty paths (see `dirty_paths`): just those, their ancestors, and
+    everything below the ones that are directories.
     """
+    if only is not None:
+        yield from _scan_only(roots, only, excludes, report, skip)
+        return
     emitted: set[bytes] = set()
     for root in roots:
         for anc in _ancestors(root):
@@ -135,12 +145,13 @@ def scan(
             yield from _walk(root, excludes, report, skip)
 
 
-def _lstat_entry(path: bytes, report: ScanReport) -> ScanEntry | None:
+def _lstat_entry(path: bytes, report: ScanReport, *, missing_ok: bool = False) -> ScanEntry | None:
     try:
         st = os.lstat(path)
         target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
     except FileNotFoundError:
-        report.error(f"{os.fsdecode(path)}: does not exist")
+        if not missing_ok:
+            report.error(f"{os.fsdecode(path)}: does not exist")
         return None
     except OSError as exc:
         report.error(f"{os.fsdecode(path)}: cannot stat: {exc.strerror or exc}")
@@ -151,8 +162,11 @@ def _lstat_entry(path: bytes, report: ScanReport) -> ScanEntry | None:
     return entry
 
 
-def _walk(root: bytes, excludes: Excludes, report: ScanReport, skip: frozenset[bytes]) -> Iterator[ScanEntry]:
-    prefix_len = len(root.rstrip(b"/")) + 1
+def _walk(
+    root: bytes, excludes: Excludes, report: ScanReport, skip: frozenset[bytes], base: bytes | None = None
+) -> Iterator[ScanEntry]:
+    """Everything below `root`; patterns match paths relative to `base` (the monitored root; default `root`)."""
+    prefix_len = len((base or root).rstrip(b"/")) + 1
     stack = [root]
     while stack:
         directory = stack.pop()
@@ -192,3 +206,58 @@ def _walk(root: bytes, excludes: Excludes, report: ScanReport, skip: frozenset[b
             if is_dir:
                 subdirs.append(path)
         stack.extend(reversed(subdirs))
+
+
+# --- dirty paths (watch runs) ---------------------------------------------------------------
+
+
+def _under(path: bytes, prefix: bytes) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip(b"/") + b"/")
+
+
+def dirty_paths(paths: list[bytes], roots: list[bytes]) -> list[bytes]:
+    """The dirty paths at or under a (resolved) root, normalized, sorted, without those below another one."""
+    kept: list[bytes] = []
+    for p in sorted({os.path.normpath(os.path.abspath(p)) for p in paths}):
+        if any(_under(p, r) for r in roots) and not (kept and _under(p, kept[-1])):
+            kept.append(p)
+    return kept
+
+
+def _scan_only(
+    roots: list[bytes], only: list[bytes], excludes: Excludes, report: ScanReport, skip: frozenset[bytes]
+) -> Iterator[ScanEntry]:
+    emitted: set[bytes] = set()
+    for path in dirty_paths(only, roots):
+        root = max((r for r in roots if _under(path, r)), key=len)
+        if any(_under(path, s) for s in skip) or _excluded_below(root, path, excludes):
+            continue
+        for anc in _ancestors(path):
+            if anc not in emitted:
+                emitted.add(anc)
+                entry = _lstat_entry(anc, report, missing_ok=True)
+                if entry is None:
+                    break  # a parent is gone: so is `path` (its own event covers the parent)
+                yield entry
+        entry = _lstat_entry(path, report, missing_ok=True)
+        if entry is None:
+            if path == root:
+                report.incomplete.append(fs_to_wire(root))  # a vanished root is not a deletion (unmounted?)
+            continue  # gone: the run reports it (and what was below it) deleted
+        emitted.add(path)
+        yield entry
+        if entry.kind == "dir":
+            yield from _walk(path, excludes, report, skip, base=root)
+
+
+def _excluded_below(root: bytes, path: bytes, excludes: Excludes) -> bool:
+    """Whether `path` or a directory between `root` and it is excluded (`path` itself counts as a directory if it is one)."""
+    if not excludes or path == root:
+        return False
+    parts = path[len(root.rstrip(b"/")) + 1 :].split(b"/")
+    for i in range(1, len(parts) + 1):
+        rel = os.fsdecode(b"/".join(parts[:i]))
+        is_dir = i < len(parts) or os.path.isdir(path)
+        if excludes.excluded(rel, is_dir):
+            return True
+    return False

@@ -104,6 +104,11 @@ def _ts(default_factory: Any = utcnow, *, nullable: bool = False) -> Any:
     return Field(default_factory=default_factory, sa_column=Column(UTCDateTime(), nullable=False))
 
 
+def _touched() -> Any:
+    """A NOT NULL timestamp that Core inserts fill with now (queries insert rows as plain dicts)."""
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, default=utcnow))
+
+
 def _json() -> Any:
     return Field(default=None, sa_column=Column(JSON, nullable=True))
 
@@ -122,6 +127,8 @@ class CatalogModel(SQLModel, registry=catalog_registry):
 
 class User(CatalogModel, table=True):
     __tablename__ = "users"
+    # Ids name objects in storage (keys/<user>, manifests/<client>): never reuse one.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
@@ -129,6 +136,7 @@ class User(CatalogModel, table=True):
     is_admin: bool = False
     created_at: datetime = _ts()
     policy: dict | None = _json()  # retention policy (core.retention); None: server default
+    alert_webhook: str | None = Field(default=None, sa_column=Column(String(2000), nullable=True))  # server.alerts
 
 
 class Token(CatalogModel, table=True):
@@ -145,6 +153,8 @@ class Token(CatalogModel, table=True):
 
 class Client(CatalogModel, table=True):
     __tablename__ = "clients"
+    # Ids name objects in storage (keys/<user>, manifests/<client>): never reuse one.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = _fk("users.id", index=True)
@@ -158,6 +168,7 @@ class Client(CatalogModel, table=True):
     config: dict | None = _json()
     policy: dict | None = _json()
     backup_requested_at: datetime | None = _ts(nullable=True)  # "backup now" pending since
+    missed_alert_at: datetime | None = _ts(nullable=True)  # last schedule_missed alert (server.alerts)
 
 
 class Run(CatalogModel, table=True):
@@ -181,6 +192,7 @@ class Run(CatalogModel, table=True):
     bytes_uploaded: int = _big(0)
     errors: int = _big(0)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    manifest_at: datetime | None = _ts(nullable=True)  # when its manifest reached storage (server.manifests)
 
 
 class Version(CatalogModel, table=True):
@@ -190,6 +202,10 @@ class Version(CatalogModel, table=True):
     __table_args__ = (
         Index("ix_versions_client_id_parent_valid_from", "client_id", "parent", "valid_from"),
         Index("ix_versions_client_id_path_valid_from", "client_id", "path", "valid_from"),
+        # What a run opened and closed (manifests, prune after a run), and who uses a content (GC).
+        Index("ix_versions_client_id_valid_from", "client_id", "valid_from"),
+        Index("ix_versions_client_id_valid_to", "client_id", "valid_to"),
+        Index("ix_versions_content_id", "content_id"),
         # One current version per path.
         Index(
             "uq_versions_client_id_path_current",
@@ -233,6 +249,7 @@ class Content(CatalogModel, table=True):
     n_chunks: int
     chunk_ids: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = _ts()
+    last_seen: datetime = _touched()  # GC never collects what was touched within its grace period
 
 
 class Pack(CatalogModel, table=True):
@@ -243,6 +260,9 @@ class Pack(CatalogModel, table=True):
     size: int = _big()
     n_chunks: int
     created_at: datetime = _ts()
+    # live → retired (GC: nothing points into it any more) → deleted from storage after delete_after.
+    state: str = Field(default="live", sa_column=Column(String(16), nullable=False, default="live", server_default="live"))
+    delete_after: datetime | None = _ts(nullable=True)
 
 
 class Chunk(CatalogModel, table=True):
@@ -258,6 +278,7 @@ class Chunk(CatalogModel, table=True):
     raw_len: int
     flags: int
     created_at: datetime = _ts()
+    last_seen: datetime = _touched()  # uploaded, asked for or committed (see docs/retention.md)
 
 
 class Log(CatalogModel, table=True):

@@ -1,7 +1,9 @@
-"""`bkup agent`: back up this machine to a bkup server (one run with --once; continuous mode comes later).
+"""`bkup agent`: keep this machine backed up (the service, docs/agent.md), or one run with --once; `bkup agent status`.
 
-Exit codes: 0 backup ok, 1 error (run failed, server unreachable, auth), 2 usage
-error, 3 backup finished but some files could not be read (run "partial").
+Exit codes: 0 backup ok (the service: stopped by SIGTERM/SIGINT), 1 error (run
+failed, server unreachable, auth), 2 usage error (an unconfigured service with
+the setup page off), 3 backup finished but some files could not be read (run
+"partial").
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from bkup.agent.progress import Progress, format_bytes, make_progress
 from bkup.agent.state import StateCache
 from bkup.cli.common import JsonFlag, print_json, read_password_stdin
 from bkup.errors import UsageError
+from bkup.logsetup import setup_logging
 from bkup.settings import Settings, load_settings
 
 EXIT_PARTIAL = 3
 
 app = typer.Typer(
-    help="Back up this machine to a bkup server.",
+    # The help is the callback's docstring (it names the exit codes).
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -81,31 +84,60 @@ def agent(
         str | None, typer.Option("--user", help="Register this machine as a client of this user (with --password-stdin).", show_default=False)
     ] = None,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the user's password from standard input.")] = False,
-    name: Annotated[str | None, typer.Option("--name", help="Client name when registering (default: the host name).", show_default=False)] = None,
-    path: Annotated[list[str] | None, typer.Option("--path", help="A directory or file to back up (repeatable).", show_default=False)] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Client name when registering (env BKUP_CLIENT_NAME; default: the host name).", show_default=False)
+    ] = None,
+    path: Annotated[list[str] | None, typer.Option("--path", help="A directory or file to back up (repeatable; env BKUP_PATHS).", show_default=False)] = None,
     exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="gitignore-style pattern to leave out (repeatable).", show_default=False)
+        list[str] | None, typer.Option("--exclude", help="gitignore-style pattern to leave out (repeatable; env BKUP_EXCLUDE).", show_default=False)
     ] = None,
     once: Annotated[bool, typer.Option("--once", help="Run one backup and exit.")] = False,
     json_: JsonFlag = False,
     state_dir: Annotated[str | None, typer.Option("--state-dir", help="Agent state folder (env BKUP_STATE_DIR).", show_default=False)] = None,
+    setup_ui: Annotated[
+        bool | None,
+        typer.Option(
+            "--setup-ui/--no-setup-ui",
+            help="Serve the setup/status page even when configured / never (default: only while unconfigured; env BKUP_SETUP_UI).",
+            show_default=False,
+        ),
+    ] = None,
+    setup_ui_listen: Annotated[
+        str | None, typer.Option("--setup-ui-listen", help="HOST:PORT of the setup page (env BKUP_SETUP_UI_LISTEN; default 127.0.0.1:8080).", show_default=False)
+    ] = None,
+    no_server_commands: Annotated[
+        bool, typer.Option("--no-server-commands", help="Refuse the pre-backup commands the server hands out (env BKUP_NO_SERVER_COMMANDS).")
+    ] = False,
 ) -> None:
-    """Back up this machine: one run with --once.
+    """Keep this machine backed up, steered by the server; or one run with --once.
 
-    The agent token is stored in the state dir (agent.json, mode 0600), so
-    later runs need neither --token nor a password. Exit codes: 0 ok, 1 error,
-    2 usage error, 3 finished with files that could not be read.
+    Without --once the agent runs until SIGTERM/SIGINT: a full scan at once and
+    on the schedule, small runs for the files that change, "backup now" from the
+    server (docs/agent.md). --path/--exclude are used while the server's
+    configuration names no paths. The agent token is stored in the state dir
+    (agent.json, mode 0600), so later starts need neither --token nor a
+    password. Exit codes: 0 ok, 1 error, 2 usage error (or not configured), 3
+    (--once) finished with files that could not be read.
     """
     if ctx.invoked_subcommand is not None:
         return
+    settings = load_settings(
+        server=server, token=token, state_dir=state_dir, user=user, client_name=name,
+        paths=tuple(path) if path else None, exclude=tuple(exclude) if exclude else None,
+        setup_ui_listen=setup_ui_listen, no_server_commands=True if no_server_commands else None,
+    )
+    if user is not None and not password_stdin and not settings.password:
+        raise UsageError("--user needs --password-stdin (or BKUP_PASSWORD)")
+    password = read_password_stdin() if password_stdin else (settings.password or None)
     if not once:
-        raise UsageError("continuous mode is not available yet: pass --once to run one backup and exit")
-    if user is not None and not password_stdin:
-        raise UsageError("--user needs --password-stdin")
-    settings = load_settings(server=server, token=token, state_dir=state_dir)
-    password = read_password_stdin() if password_stdin else None
+        from bkup.agent.service import Service
+
+        setup_logging(json=settings.log_json, level=settings.log_level)
+        code = Service(settings, user=settings.user or None, password=password, name=name, setup_ui=setup_ui).run()
+        raise typer.Exit(code)
     result = agent_once(
-        settings, path or [], exclude or [], user=user, password=password, name=name, progress=make_progress(stream=sys.stderr)
+        settings, list(settings.paths), list(settings.exclude), user=settings.user or None, password=password,
+        name=settings.client_name or None, progress=make_progress(stream=sys.stderr),
     )
     if json_:
         print_json(result_json(result))
@@ -115,3 +147,30 @@ def agent(
         typer.echo(f"warning: {warning}", err=True)
     if result.run.status == "partial":
         raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command("status")
+def status(
+    json_: JsonFlag = False,
+    state_dir: Annotated[str | None, typer.Option("--state-dir", help="Agent state folder (env BKUP_STATE_DIR).", show_default=False)] = None,
+) -> None:
+    """What the agent using this state dir is doing: state, current and last run, last error.
+
+    Exit codes: 0 the agent is running, 1 it is not (or never ran here).
+    """
+    from bkup.agent.status import describe, read_status
+
+    settings = load_settings(state_dir=state_dir)
+    found = read_status(settings.state_dir)
+    if found is None:
+        if json_:
+            print_json({"running": False, "state": None})
+        else:
+            typer.echo(f"no agent has run with the state dir {settings.state_dir}")
+        raise typer.Exit(1)
+    if json_:
+        print_json(found)
+    else:
+        typer.echo(describe(found))
+    if not found.get("running"):
+        raise typer.Exit(1)

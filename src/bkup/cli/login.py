@@ -23,7 +23,10 @@ def login(
     user: Annotated[str, typer.Option("--user", help="User name.")] = ...,  # type: ignore[assignment]
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from standard input.")] = False,
 ) -> None:
-    """Log in and store an API token for this server (used by ls and restore)."""
+    """Log in and store an API token for this server (used by ls and restore).
+
+    Exit codes: 0 ok, 1 wrong user or password / server error, 2 usage error.
+    """
     settings = load_settings(server=server)
     if password_stdin:
         password = read_password_stdin()

@@ -98,7 +98,10 @@ def ls(
     run: Run = None,
     json_: JsonFlag = False,
 ) -> None:
-    """List a client's backed-up files (latest run unless --at or --run)."""
+    """List a client's backed-up files (latest run unless --at or --run).
+
+    Exit codes: 0 ok, 1 error (no such client or path, auth), 2 usage error.
+    """
     settings = load_settings(server=server, token=token)
     tree = list_path(settings, client, path, at=at, run=run)
     if json_:

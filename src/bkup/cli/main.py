@@ -7,10 +7,15 @@ import sys
 import typer
 
 from bkup.errors import BkupError
+from bkup.runtime import tune_malloc
 
 app = typer.Typer(
     name="bkup",
-    help="Centrally managed, deduplicating, continuous backup.",
+    help=(
+        "Centrally managed, deduplicating, continuous backup.\n\n"
+        "Exit codes (every command): 0 ok, 1 error, 2 usage error, 3 partial run or damage found. "
+        "Shell completion: bkup --install-completion. See docs/cli.md."
+    ),
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -19,7 +24,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `bkup --help` stays one import deep per group.
-    from bkup.cli import agent, client, login, ls, restore, serve, user
+    from bkup.cli import agent, alert, catalog, check, client, config, login, ls, prune, restore, serve, user
 
     app.command("serve")(serve.serve)
     app.add_typer(user.app, name="user")
@@ -28,12 +33,32 @@ def _register() -> None:
     app.command("login")(login.login)
     app.command("ls")(ls.ls)
     app.command("restore")(restore.restore)
+    app.command("prune")(prune.prune)
+    app.command("check")(check.check)
+    app.add_typer(catalog.app, name="catalog")
+    app.add_typer(config.app, name="config")
+    app.add_typer(alert.app, name="alert")
+
+
+def _optional_values(argv: list[str]) -> list[str]:
+    """`--setup-ui HOST:PORT` as the contract spells it: click has no options with optional values,
+    so an address right after the flag becomes `--setup-ui-listen HOST:PORT`."""
+    out: list[str] = []
+    it = iter(range(len(argv)))
+    for i in it:
+        out.append(argv[i])
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if argv[i] == "--setup-ui" and ":" in nxt and not nxt.startswith("-"):
+            out += ["--setup-ui-listen", nxt]
+            next(it)
+    return out
 
 
 def main() -> None:
+    tune_malloc()
     _register()
     try:
-        app()
+        app(args=_optional_values(sys.argv[1:]), prog_name="bkup")
     except BkupError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -14,31 +14,47 @@ def serve(
     database_url: DatabaseUrl = None,
     storage_url: StorageUrl = None,
     config: ConfigFile = None,
+    log_json: bool | None = typer.Option(None, "--log-json/--log-text", help="Log JSON lines on stderr (env BKUP_LOG_JSON).", show_default=False),
+    log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning or error (env BKUP_LOG_LEVEL; default info).", show_default=False),
 ) -> None:
-    """Run the bkup server (API under /api/v1, OpenAPI at /schema).
+    """Run the bkup server (API under /api/v1, OpenAPI at /schema, /healthz, /readyz, /metrics).
 
     Exit codes: 0 stopped cleanly, 1 error (bad settings, database or storage unreachable), 2 usage error.
     """
-    import uvicorn
+    import logging
 
+    import uvicorn
+    from sqlalchemy.exc import IntegrityError
+
+    from bkup.logsetup import setup_logging
     from bkup.server.accounts import ensure_first_admin
     from bkup.server.app import create_app
     from bkup.server.context import open_context
 
-    settings = server_settings(config, host=host, port=port, data_dir=data_dir, database_url=database_url, storage_url=storage_url)
+    settings = server_settings(
+        config, host=host, port=port, data_dir=data_dir, database_url=database_url, storage_url=storage_url,
+        log_json=log_json, log_level=log_level,
+    )
+    setup_logging(json=settings.log_json, level=settings.log_level)
+    log = logging.getLogger("bkup.serve")
     ctx = open_context(settings)
     for notice in ctx.notices:
-        typer.echo(notice, err=True)
-    first = ensure_first_admin(ctx)
+        log.warning(notice)
+    try:
+        first = ensure_first_admin(ctx)
+    except IntegrityError:  # replicas starting together on an empty database: another one created it
+        first = None
     if first:
+        # Printed, never logged: the one place a password is shown (once), so log filters do not eat it.
         typer.echo(f"Created the first admin user {first[0]!r} with password: {first[1]}", err=True)
         typer.echo("It is shown only this once; change it after logging in.", err=True)
-    typer.echo(f"catalog: {_mask(settings.effective_database_url)}", err=True)
-    typer.echo(f"storage: {ctx.store.url}", err=True)
-    typer.echo(f"listening on http://{settings.host}:{settings.port}", err=True)
+    log.info("catalog: %s", _mask(settings.effective_database_url), extra={"catalog": ctx.catalog.kind})
+    log.info("storage: %s", ctx.store.url)
+    log.info("listening on http://%s:%s", settings.host, settings.port, extra={"replica": ctx.metrics.replica})
     app = create_app(settings, context=ctx)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), log_config=None,
+                    access_log=False, timeout_graceful_shutdown=10)
     finally:
         ctx.close()
 

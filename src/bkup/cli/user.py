@@ -80,3 +80,40 @@ def list_(
     for u in infos:
         typer.echo(f"{u.name}\t{'admin' if u.is_admin else 'user'}\t{u.created_at}")
 
+
+
+@app.command("webhook")
+def webhook(
+    name: str = typer.Argument(..., help="User name."),
+    url: str | None = typer.Argument(None, help="http(s) URL to send this user's alerts to; omit to show the current one.", show_default=False),
+    clear: bool = typer.Option(False, "--clear", help="Remove the user's webhook."),
+    json_: JsonFlag = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    storage_url: StorageUrl = None,
+    config: ConfigFile = None,
+) -> None:
+    """Show, set or clear the user's own alert webhook (besides the global alert_webhooks; docs/alerts.md).
+
+    --json prints {"user": NAME, "webhook": URL|null}.
+
+    Exit codes: 0 ok, 1 error (no such user), 2 usage error (bad URL, URL with --clear).
+    """
+    from bkup.errors import UsageError
+    from bkup.server import alerts
+    from bkup.server.accounts import get_user
+    from bkup.server.context import open_context
+
+    if clear and url:
+        raise UsageError("give a URL or --clear, not both")
+    ctx = open_context(server_settings(config, data_dir=data_dir, database_url=database_url, storage_url=storage_url))
+    try:
+        with ctx.catalog.session() as s:
+            user_id = get_user(s, name).id
+        current = alerts.set_user_webhook(ctx, user_id, url) if (url or clear) else alerts.get_user_webhook(ctx, user_id)
+    finally:
+        ctx.close()
+    if json_:
+        print_json({"user": name, "webhook": current})
+    else:
+        typer.echo(current or "(no webhook)")

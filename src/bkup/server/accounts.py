@@ -10,11 +10,33 @@ from sqlalchemy import delete
 from sqlmodel import Session, select
 
 from bkup import protocol
-from bkup.catalog.models import Chunk, Client, Content, Log, Pack, Run, Token, User, Version
+from bkup.catalog.models import (
+    Chunk,
+    Client,
+    Content,
+    Log,
+    Pack,
+    Run,
+    Token,
+    User,
+    Version,
+)
 from bkup.errors import AuthError, Conflict, NotFound, UsageError
 from bkup.server.context import ServerContext
-from bkup.server.principal import Principal, manageable_client, require_admin, require_user, visible_client
-from bkup.server.security import hash_password, hash_token, new_password, new_token, verify_password
+from bkup.server.principal import (
+    Principal,
+    manageable_client,
+    require_admin,
+    require_user,
+    visible_client,
+)
+from bkup.server.security import (
+    hash_password,
+    hash_token,
+    new_password,
+    new_token,
+    verify_password,
+)
 
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -203,7 +225,7 @@ def get_user_by_id(ctx: ServerContext, principal: Principal, user_id: int) -> pr
 
 
 def _other_admins(s: Session, user_id: int) -> int:
-    return len(s.exec(select(User.id).where(User.is_admin == True, User.id != user_id)).all())  # noqa: E712
+    return len(s.exec(select(User.id).where(User.is_admin == True, User.id != user_id)).all())
 
 
 def set_password(ctx: ServerContext, principal: Principal, user_id: int, password: str, *, keep_token: str | None = None) -> None:

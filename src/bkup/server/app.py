@@ -10,11 +10,13 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 import bkup
+from bkup.server import health, jobs, metrics
 from bkup.server.api import api_router
 from bkup.server.api.deps import provide_ctx
 from bkup.server.context import ServerContext, open_context
 from bkup.server.errors import HANDLERS
 from bkup.settings import Settings
+from bkup.web import static_router, template_config, web_router
 
 
 @get("/healthz", sync_to_thread=False, include_in_schema=False)
@@ -38,12 +40,15 @@ def create_app(
             ctx.close()
 
     return Litestar(
-        route_handlers=[api_router(), healthz],
+        route_handlers=[api_router(), healthz, health.readyz, *metrics.routes(ctx.settings), web_router(), static_router()],
+        middleware=[metrics.request_middleware(ctx.metrics)],
+        template_config=template_config(),
         dependencies={"ctx": Provide(provide_ctx, sync_to_thread=False)},
         state=State({"ctx": ctx}),
         exception_handlers=HANDLERS,
         openapi_config=OpenAPIConfig(title="bkup", version=bkup.__version__, path="/schema"),
-        on_shutdown=[shutdown],
+        on_startup=[lambda: jobs.start(ctx)],
+        on_shutdown=[lambda: jobs.stop(ctx), shutdown],
         logging_config=None,
     )
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bkup.catalog.db import Catalog
+from bkup.server import metrics as _metrics
+from bkup.server.alerts import AlertSender
+from bkup.server.leader import Scheduler
+from bkup.server.metrics import ServerMetrics
 from bkup.server.ratelimit import LoginLimiter
 from bkup.settings import Settings
 from bkup.storage.keys import KeyStore, load_or_create_master_key, master_key_from_text
@@ -26,8 +30,19 @@ class ServerContext:
     # Facts for the operator, printed once by `bkup serve`.
     notices: list[str] = field(default_factory=list)
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    # Operations (server.metrics, server.alerts, server.leader); set by open_context.
+    metrics: ServerMetrics = field(default=None)  # type: ignore[assignment]
+    alerts: AlertSender = field(default=None)  # type: ignore[assignment]
+    scheduler: Scheduler = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.metrics = self.metrics or _metrics.install(self)
+        self.alerts = self.alerts or AlertSender(secret=self.settings.alert_secret, metrics=self.metrics)
+        self.scheduler = self.scheduler or Scheduler(self)
 
     def close(self) -> None:
+        self.scheduler.stop()
+        self.alerts.close()  # what is queued gets one last try (a CLI command's damage_found)
         self.catalog.dispose()
 
 

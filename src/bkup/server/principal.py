@@ -30,6 +30,9 @@ def principal_for_token(s: Session, token: str | None) -> Principal:
     if row is None:
         raise AuthError("invalid or revoked token")
     tok, user = row
+    if tok.kind not in ("api", "agent"):
+        # Web session tokens live in a cookie guarded by CSRF checks; as bearer tokens they would skip those.
+        raise AuthError("invalid or revoked token")
     if tok.kind == "agent":
         # An agent token speaks for its client only, never with its owner's admin rights.
         return Principal(user_id=user.id, user_name=user.name, is_admin=False, client_id=tok.client_id)

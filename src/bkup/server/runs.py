@@ -8,6 +8,7 @@ from bkup import protocol
 from bkup.catalog import queries
 from bkup.catalog.models import Client, Run
 from bkup.errors import Conflict, NotFound, UsageError
+from bkup.server import alerts, gc, manifests
 from bkup.server.accounts import iso, now
 from bkup.server.context import ServerContext
 from bkup.server.principal import Principal, require_agent, visible_client
@@ -36,7 +37,8 @@ def start_run(ctx: ServerContext, principal: Principal, trigger: str) -> protoco
         run = queries.start_run(s, client_id, trigger, t)
         client = s.get(Client, client_id)
         client.last_seen = t
-        client.backup_requested_at = None  # this run serves any pending "backup now"
+        if trigger != "watch":  # a full run serves a pending "backup now"; a watch run only looks at a few paths
+            client.backup_requested_at = None
         s.add(client)
         s.commit()
         s.refresh(run)
@@ -61,6 +63,7 @@ def _touch(s: Session, run: Run) -> None:
 def commit_versions(ctx: ServerContext, principal: Principal, run_id: int, entries: list[protocol.Entry]) -> protocol.CommitResult:
     if len(entries) > protocol.MAX_ENTRIES_PER_BATCH:
         raise UsageError(f"too many entries in one batch: {len(entries)} > {protocol.MAX_ENTRIES_PER_BATCH}")
+    gc.touch_entries(ctx, principal.user_id, entries)  # before relying on them: GC's protocol (server.gc)
     with ctx.catalog.session() as s:
         run = _running_run(s, principal, run_id)
         committed, unchanged = queries.commit_entries(
@@ -97,7 +100,10 @@ def finish_run(ctx: ServerContext, principal: Principal, run_id: int, finish: pr
         s.add(client)
         s.commit()
         s.refresh(run)
-        return run_info(run)
+    manifests.after_finish(ctx, run.id, run.client_id, run.seq)  # manifest, then prune; never raises
+    if run.status == "failed":
+        alerts.run_failed(ctx, run.id)  # queued for the webhooks (server.alerts); never raises
+    return run_info(run)
 
 
 def list_runs(ctx: ServerContext, principal: Principal, client_id: int, limit: int = 100) -> list[protocol.RunInfo]:

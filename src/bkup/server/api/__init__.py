@@ -4,14 +4,37 @@ from __future__ import annotations
 
 from litestar import Router
 from litestar.di import Provide
+from litestar.openapi.datastructures import ResponseSpec
 
-from bkup.protocol import API
-from bkup.server.api import agent, auth, chunks, clients, runs, users
+from bkup.protocol import API, ErrorBody
+from bkup.server.api import agent, alerts, auth, chunks, clients, policies, runs, users
 from bkup.server.api.deps import provide_principal
 
 
+# Every route may answer these (server.errors turns them into ErrorBody); the OpenAPI schema says so,
+# so that a client generated from it, and schemathesis, know the whole contract.
+ERROR_RESPONSES = {
+    400: "a malformed request: the detail names what is wrong",
+    401: "no, invalid or revoked token",
+    403: "authenticated, but this kind of caller may never do this",
+    404: "no such object, or not the caller's to see",
+    409: "conflict: a name taken, a run already finished, chunks the server lacks (extra.missing)",
+    413: "request body too large",
+    429: "too many failed logins",
+    503: "the object store failed; try again",
+}
+
+
+def _document_errors(router: Router) -> Router:
+    specs = {code: ResponseSpec(data_container=ErrorBody, description=text) for code, text in ERROR_RESPONSES.items()}
+    for route in router.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            handler.responses = {**specs, **(handler.responses or {})}
+    return router
+
+
 def api_router() -> Router:
-    return Router(
+    return _document_errors(Router(
         path=API,
         route_handlers=[
             auth.AuthController,
@@ -20,6 +43,8 @@ def api_router() -> Router:
             agent.AgentController,
             runs.RunController,
             chunks.ChunkController,
+            policies.PolicyController,
+            alerts.AlertController,
         ],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=True)},
-    )
+    ))

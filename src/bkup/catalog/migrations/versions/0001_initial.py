@@ -33,7 +33,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('policy', sa.JSON(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
-    sa.UniqueConstraint('name', name=op.f('uq_users_name'))
+    sa.UniqueConstraint('name', name=op.f('uq_users_name')),
+    sqlite_autoincrement=True,
     )
     op.create_table('clients',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -50,7 +51,8 @@ def upgrade() -> None:
     sa.Column('backup_requested_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_clients_user_id_users'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_clients')),
-    sa.UniqueConstraint('name', name=op.f('uq_clients_name'))
+    sa.UniqueConstraint('name', name=op.f('uq_clients_name')),
+    sqlite_autoincrement=True,
     )
     op.create_index(op.f('ix_clients_user_id'), 'clients', ['user_id'], unique=False)
 
