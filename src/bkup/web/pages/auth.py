@@ -6,7 +6,7 @@ from typing import Annotated
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from bkup.errors import AuthError
 from bkup.server import accounts
@@ -27,7 +27,7 @@ class AuthPages(Controller):
     path = "/"
 
     @get("/login", sync_to_thread=True)
-    def login_form(self, request: Request, ctx: Ctx, next: Annotated[str | None, Parameter(query="next")] = None) -> Response:
+    def login_form(self, request: Request, ctx: Ctx, next: Annotated[str | None, QueryParameter()] = None) -> Response:
         try:
             accounts.web_session_principal(ctx, request.cookies.get(session.SESSION_COOKIE))
         except AuthError:

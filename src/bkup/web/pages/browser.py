@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Request, get
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream, Template
 
 from bkup.core import paths
@@ -13,9 +13,9 @@ from bkup.server import accounts, browse, runs
 from bkup.web import downloads, render
 from bkup.web.pages.common import Ctx, Me
 
-PathQ = Annotated[str, Parameter(query="path")]
-RunQ = Annotated[int | None, Parameter(query="run", ge=1)]
-AtQ = Annotated[str | None, Parameter(query="at")]
+PathQ = Annotated[str, QueryParameter()]
+RunQ = Annotated[int | None, QueryParameter(ge=1)]
+AtQ = Annotated[str | None, QueryParameter()]
 RUN_CHOICES = 200
 
 

@@ -6,7 +6,7 @@ import shlex
 from typing import Annotated
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Template
 
 from bkup import protocol
@@ -90,7 +90,7 @@ class ClientPages(Controller):
     @get("/{client_id:int}", sync_to_thread=True)
     def client(
         self, request: Request, ctx: Ctx, me: Me, client_id: FromPath[int],
-        level: Annotated[str | None, Parameter(query="level")] = None,
+        level: Annotated[str | None, QueryParameter()] = None,
     ) -> Template:
         return client_page(request, ctx, me, client_id, level=level)
 
