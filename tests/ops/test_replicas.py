@@ -115,3 +115,53 @@ def test_two_replicas_share_everything_and_keep_nothing_locally(cluster: Bkup, t
     assert min(lb.connections) >= 1, lb.connections  # both replicas served the agents
     assert all("bkup_ingest_bytes_total" in t for t in metrics)
     assert not Path(env["BKUP_DATA_DIR"]).exists()
+
+
+def test_gc_in_another_process_while_a_replica_ingests(cluster: Bkup, tmp_path: Path):
+    """Prune + GC run from a second server process on the same catalog and storage while an agent
+    uploads to a replica; afterwards every version restores and `check --read-data` is clean."""
+    [url] = start_replicas(cluster, 1)
+    r = httpx.post(url + "/api/v1/auth/login", json={"user": "admin", "password": cluster.admin_password})
+    admin = {"Authorization": "Bearer " + r.json()["token"]}
+    r = httpx.post(url + "/api/v1/clients", json={"name": "busy", "user": "admin"}, headers=admin)
+    token, client_id = r.json()["token"], r.json()["id"]
+    # Keep one version per path: every run leaves garbage behind for GC.
+    assert httpx.put(url + f"/api/v1/clients/{client_id}/policy", json={"keep_versions": 1}, headers=admin).status_code == 200
+    src = tmp_path / "src"
+    src.mkdir()
+    gc_env = {"BKUP_GC_GRACE": "0"}  # as aggressive as GC can be: only the touch protocol protects ingest
+
+    snapshots = {}
+    collected = 0
+    for seq in range(1, 5):
+        for i in range(40):  # every run rewrites all files: old chunks become garbage
+            (src / f"f{i:02d}.bin").write_bytes(bytes([seq, i]) * (64 * 1024 + 37 * i))
+        (src / f"only-in-{seq}.txt").write_text(str(seq))
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "bkup", "agent", "--server", url, "--token", token, "--path", str(src), "--once", "--json"],
+            env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        rounds = 0
+        while agent.poll() is None or rounds == 0:
+            gc = json_line(cluster.run("prune", "--json", env=gc_env).stdout)["gc"]
+            collected += gc["chunks_deleted"]
+            rounds += 1
+        out, err = agent.communicate()
+        assert agent.returncode == 0, err
+        assert json_line(out)["status"] == "ok"
+        snapshots[seq] = snapshot(src)
+    collected += json_line(cluster.run("prune", "--json", env=gc_env).stdout)["gc"]["chunks_deleted"]
+    assert collected >= 3 * 40  # the rewritten files of runs 1-3 were collected while runs went on
+
+    # The latest run restores exactly; older runs keep what the policy keeps (the newest version per path).
+    target = tmp_path / "restore"
+    cluster.run("restore", "--server", url, "--token", token, "--client", "busy", "--target", str(target))
+    assert snapshot(restored_root(target, src)) == snapshots[4]
+    check = cluster.run("check", "--read-data", "--json", check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def json_line(text: str) -> dict:
+    import json
+
+    return json.loads(text.strip().splitlines()[-1])
