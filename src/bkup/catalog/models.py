@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -291,3 +292,18 @@ class Log(CatalogModel, table=True):
     ts: datetime = _ts()
     level: str = Field(sa_column=Column(String(16), nullable=False))
     message: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class MaintenanceRun(CatalogModel, table=True):
+    """One prune, GC, check or run sweep: who started it, how it ended (the server page shows the last ones)."""
+
+    __tablename__ = "maintenance_runs"
+    __table_args__ = (Index("ix_maintenance_runs_action_started_at", "action", "started_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    action: str = Field(sa_column=Column(String(32), nullable=False))  # "prune" | "gc" | "check" | "runs_sweep"
+    trigger: str = Field(sa_column=Column(String(200), nullable=False))  # "schedule", "cli", "web:<user>"
+    started_at: datetime = _ts()
+    finished_at: datetime | None = _ts(nullable=True)
+    ok: bool | None = Field(default=None, sa_column=Column(Boolean, nullable=True))
+    summary: str = Field(default="", sa_column=Column(Text, nullable=False))

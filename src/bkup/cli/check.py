@@ -19,12 +19,13 @@ EXIT_DAMAGE = 3
 
 def run_check(settings: Settings, *, read_data: bool = False, subset: float | None = None):
     """What `bkup check` does; returns a `bkup.server.check.CheckReport`."""
+    from bkup.server import maintenance
     from bkup.server.check import check
     from bkup.server.context import open_context
 
     ctx = open_context(settings)
     try:
-        return check(ctx, read_data=read_data, subset_percent=subset)
+        return maintenance.recorded(ctx, "check", "cli", lambda: check(ctx, read_data=read_data, subset_percent=subset))
     finally:
         ctx.close()
 

@@ -18,12 +18,14 @@ from bkup.settings import Settings
 
 def run_prune(settings: Settings, *, user: str | None = None, client: str | None = None, dry_run: bool = False):
     """What `bkup prune` does; returns a `bkup.server.prune.PruneResult`."""
-    from bkup.server import prune
+    from bkup.server import maintenance, prune
     from bkup.server.context import open_context
 
     ctx = open_context(settings)
     try:
-        return prune.prune(ctx, user=user, client=client, dry_run=dry_run)
+        if dry_run:
+            return prune.prune(ctx, user=user, client=client, dry_run=True)
+        return maintenance.recorded(ctx, "prune", "cli", lambda: prune.prune(ctx, user=user, client=client))
     finally:
         ctx.close()
 

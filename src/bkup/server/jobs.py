@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bkup.server import alerts, gc, manifests
+from bkup.server import alerts, gc, maintenance, manifests
 from bkup.server.leader import run_periodic
 
 if TYPE_CHECKING:
@@ -30,8 +30,12 @@ def start(ctx: ServerContext) -> None:
                      first_delay=min(FIRST_CHECK_S, s.alert_check_interval))
         # A restart may follow a crash: sweep abandoned runs and write missing manifests at once.
         run_periodic(ctx, "runs_sweep", s.run_stale_after, manifests.sweep_runs, first_delay=0)
-        run_periodic(ctx, "gc", s.gc_interval, gc.collect)
+        run_periodic(ctx, "gc", s.gc_interval, scheduled_gc)
     ctx.scheduler.start()
+
+
+def scheduled_gc(ctx: ServerContext) -> gc.GcReport:
+    return maintenance.recorded(ctx, "gc", "schedule", lambda: gc.collect(ctx))
 
 
 def stop(ctx: ServerContext) -> None:

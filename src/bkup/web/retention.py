@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bkup.core.retention import Policy
-from bkup.errors import Conflict, UsageError
-from bkup.server import check, gc, policies, prune
+from bkup.errors import UsageError
+from bkup.server import check, gc, maintenance, policies, prune
 from bkup.server.context import ServerContext
 from bkup.server.principal import Principal, require_admin
 
@@ -56,8 +56,10 @@ def policy_from_form(form: dict[str, Any]) -> Policy:
 # --- maintenance jobs started from the server page ------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
+    """A maintenance run as the server page shows it (from the catalog: any replica's runs)."""
+
     action: str
     label: str
     started_at: datetime
@@ -71,40 +73,39 @@ class Job:
         return self.finished_at is None
 
 
-_jobs: dict[tuple[int, str], Job] = {}
-_lock = threading.Lock()
+def _who(trigger: str) -> str:
+    if trigger.startswith("web:"):
+        return trigger[4:]
+    return {"cli": "the command line", "schedule": "the schedule"}.get(trigger, trigger)
+
+
+def _job(row: Any) -> Job:
+    return Job(
+        action=row.action, label=ACTIONS[row.action][0], started_at=row.started_at, started_by=_who(row.trigger),
+        finished_at=row.finished_at, ok=row.ok, summary=row.summary,
+    )
 
 
 def jobs(ctx: ServerContext) -> dict[str, Job | None]:
-    """The last job of each action started on this replica (None: none yet)."""
-    with _lock:
-        return {a: _jobs.get((id(ctx), a)) for a in ACTIONS}
+    """The last run of each action, whichever replica ran it and however it was started (None: never)."""
+    last = maintenance.last_runs(ctx)
+    return {a: _job(last[a]) if last.get(a) else None for a in ACTIONS}
 
 
 def start_job(ctx: ServerContext, me: Principal, action: str) -> Job:
-    """Start prune, GC or check in a background thread (admin only; one of each at a time per replica)."""
+    """Start prune, GC or check in a background thread (admin only; not while one of the same kind runs)."""
     require_admin(me)
     if action not in ACTIONS:
         raise UsageError(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
     label, fn = ACTIONS[action]
-    key = (id(ctx), action)
-    with _lock:
-        current = _jobs.get(key)
-        if current is not None and current.running:
-            raise Conflict(f"{label} is already running (started {current.started_at:%H:%M:%S} UTC)")
-        job = _jobs[key] = Job(action=action, label=label, started_at=datetime.now(UTC), started_by=me.user_name)
+    trigger = f"web:{me.user_name}"
+    run_id = maintenance.begin(ctx, action, trigger, exclusive=True)
 
     def work() -> None:
         try:
-            result = fn(ctx, me)
-            summary = getattr(result, "summary", None)
-            text = summary() if callable(summary) else "done"
-            ok = bool(getattr(result, "ok", True)) and not getattr(result, "errors", None)
-        except Exception as exc:  # the page shows it; the log has the trace
+            maintenance.recorded(ctx, action, trigger, lambda: fn(ctx, me), run_id=run_id)
+        except Exception:  # recorded as failed; the log has the trace
             log.exception("%s started from the web UI failed", label)
-            text, ok = f"failed: {exc}", False
-        with _lock:
-            job.summary, job.ok, job.finished_at = text, ok, datetime.now(UTC)
 
     threading.Thread(target=work, name=f"bkup-web-{action}", daemon=True).start()
-    return job
+    return Job(action=action, label=label, started_at=datetime.now(UTC), started_by=me.user_name)
