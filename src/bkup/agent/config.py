@@ -22,15 +22,13 @@ from pathlib import Path
 import msgspec
 
 from bkup import protocol
-from bkup.core.patterns import PatternError, compile_patterns
+from bkup.core.clientconfig import check_client_config
 from bkup.core.schedule import Schedule
 from bkup.errors import UsageError
 
 log = logging.getLogger("bkup.agent.config")
 
 CONFIG_FILE = "config.json"
-MAX_COMMANDS = 32
-MAX_TIMEOUT_S = 86400
 
 
 class ConfigProblem(UsageError):
@@ -64,28 +62,11 @@ class Effective:
 
 
 def check_config(config: protocol.ClientConfig) -> protocol.ClientConfig:
-    """The same checks as the server's, naming the field; raises ConfigProblem."""
-    for i, p in enumerate(config.paths):
-        if not isinstance(p, str) or not p.startswith("/") or "\0" in p:
-            raise ConfigProblem(f"paths[{i}]: {p!r} is not an absolute path")
-    for name in ("include", "exclude"):
-        try:
-            compile_patterns(getattr(config, name))
-        except PatternError as exc:
-            raise ConfigProblem(f"{name}: {exc}") from None
+    """The same checks as the server's (`core.clientconfig`), naming the field; raises ConfigProblem."""
     try:
-        Schedule.parse(config.schedule)
+        check_client_config(config)
     except UsageError as exc:
-        raise ConfigProblem(f"schedule: {exc}") from None
-    if len(config.commands) > MAX_COMMANDS:
-        raise ConfigProblem(f"commands: at most {MAX_COMMANDS}")
-    for i, c in enumerate(config.commands):
-        if not c.command.strip():
-            raise ConfigProblem(f"commands[{i}].command: empty command")
-        if not 0 < c.timeout_s <= MAX_TIMEOUT_S:
-            raise ConfigProblem(f"commands[{i}].timeout_s: must be between 1 and {MAX_TIMEOUT_S} seconds, not {c.timeout_s}")
-    if config.bandwidth_limit_kbps is not None and config.bandwidth_limit_kbps <= 0:
-        raise ConfigProblem("bandwidth_limit_kbps: must be a positive number of KiB/s, or empty for no limit")
+        raise ConfigProblem(str(exc)) from None
     return config
 
 

@@ -11,7 +11,7 @@ from sqlmodel import select
 from bkup import protocol
 from bkup.catalog import queries
 from bkup.catalog.models import Client, Log, Run
-from bkup.core.patterns import PatternError, compile_patterns
+from bkup.core.clientconfig import check_client_config
 from bkup.core.schedule import Schedule
 from bkup.errors import UsageError
 from bkup.server.accounts import iso, now
@@ -22,37 +22,15 @@ from bkup.server.runs import run_info
 HEARTBEAT_S = 30  # the agent's heartbeat period; three missed beats make it offline
 LEVELS = ("debug", "info", "warning", "error")
 MAX_LOG_MESSAGE = 8000
-MAX_COMMANDS = 32
 
 
 # --- configuration -------------------------------------------------------------------------
 
 
 def validate_config(config: protocol.ClientConfig) -> protocol.ClientConfig:
-    """Refuse bad configuration where it is entered, naming the field."""
-    for i, p in enumerate(config.paths):
-        if not p.startswith("/") or "\0" in p:
-            raise UsageError(f"paths[{i}]: {p!r} is not an absolute path")
-    paths = [os.path.normpath(p) for p in config.paths]
-    for field in ("include", "exclude"):
-        try:
-            compile_patterns(getattr(config, field))
-        except PatternError as exc:
-            raise UsageError(f"{field}: {exc}") from None
-    try:
-        Schedule.parse(config.schedule)
-    except UsageError as exc:
-        raise UsageError(f"schedule: {exc}") from None
-    if len(config.commands) > MAX_COMMANDS:
-        raise UsageError(f"commands: at most {MAX_COMMANDS}")
-    for i, c in enumerate(config.commands):
-        if not c.command.strip():
-            raise UsageError(f"commands[{i}].command: empty command")
-        if c.timeout_s <= 0 or c.timeout_s > 86400:
-            raise UsageError(f"commands[{i}].timeout_s: must be between 1 and 86400 seconds, not {c.timeout_s}")
-    if config.bandwidth_limit_kbps is not None and config.bandwidth_limit_kbps <= 0:
-        raise UsageError("bandwidth_limit_kbps: must be a positive number of KiB/s, or empty for no limit")
-    return msgspec.structs.replace(config, paths=paths)
+    """Refuse bad configuration where it is entered, naming the field (`core.clientconfig`)."""
+    check_client_config(config)
+    return msgspec.structs.replace(config, paths=[os.path.normpath(p) for p in config.paths])
 
 
 def _config_of(client: Client) -> protocol.ClientConfig:
