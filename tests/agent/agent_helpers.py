@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
-import stat
 from collections import Counter
 from pathlib import Path
 
 from bkup.agent.api import ApiClient
 from bkup.agent.backup import BackupResult, run_backup
 from bkup.agent.state import StateCache
+
+from tests.trees import snapshot  # noqa: F401 - re-exported to the agent tests
 
 
 def rand(n: int, seed: int = 0) -> bytes:
@@ -41,26 +41,6 @@ def make_tree(root: Path) -> None:
     os.chmod(root / "docs" / "deep", 0o750)
     os.utime(root / "docs" / "a.txt", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
     os.utime(root / "docs", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
-
-
-def snapshot(root: Path) -> dict[bytes, tuple]:
-    """Kind, mode, mtime, size, content digest / link target of everything under root."""
-    out: dict[bytes, tuple] = {}
-    broot = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(broot):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, broot)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-            else:
-                with open(p, "rb") as f:
-                    digest = hashlib.blake2b(f.read()).hexdigest()
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size, digest)
-    return out
 
 
 def restored(target: Path, src: Path) -> Path:

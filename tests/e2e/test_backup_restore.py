@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
-import stat
 from pathlib import Path
+
+from tests.trees import snapshot
 
 
 def make_tree(root: Path) -> None:
@@ -30,26 +30,6 @@ def make_tree(root: Path) -> None:
     (root / "unicod\u00e9 \u2603.txt").write_text("snow")
     os.utime(root / "docs" / "a.txt", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
     os.utime(root / "docs", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
-
-
-def snapshot(root: Path) -> dict[bytes, tuple]:
-    """Everything restore must reproduce: kind, mode, mtime, bytes, link target."""
-    out: dict[bytes, tuple] = {}
-    broot = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(broot):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, broot)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-            else:
-                with open(p, "rb") as f:
-                    digest = hashlib.blake2b(f.read()).hexdigest()
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size, digest)
-    return out
 
 
 def restored_root(target: Path, src: Path) -> Path:
