@@ -246,6 +246,7 @@ class Uploader:
                 if group is None:
                     return
                 self._upload(group)
+                group = None  # its chunks are released: don't hold them while waiting for the next group
         except BaseException as exc:  # handed to the committing thread, which raises it
             with self._lock:
                 if self.failure is None:
@@ -255,14 +256,18 @@ class Uploader:
     def _upload(self, group: _Group) -> None:
         ids = list(group.chunks)
         missing = set(self.api.missing(ids))
+        for cid in ids:
+            if cid not in missing:
+                del group.chunks[cid]  # present on the server: not needed any more
         batch: list = []
         batch_bytes = new = sent = 0
         for cid in ids:
             if cid not in missing:
                 continue
-            raw = group.chunks[cid]
+            raw = group.chunks.pop(cid)  # the frame replaces it: free the raw bytes now, not after the upload
             frame = encode_chunk(raw, level=self.level, chunk_id=cid)
             new += len(raw)
+            del raw
             size = HEADER_SIZE + len(frame.data)
             if batch and batch_bytes + size > self.upload_bytes:
                 self.api.upload(batch)

@@ -19,6 +19,7 @@ import os
 import secrets
 import stat
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -206,6 +207,9 @@ class _Restorer:
         self.batch_ids: dict[str, None] = {}
         self.batch_bytes = 0
         self.open_jobs: set[_FileJob] = set()
+        # One batch ahead: the next batch is fetched and decoded in this thread while the current one is written.
+        self._fetcher: ThreadPoolExecutor | None = None
+        self._ahead: tuple[Future, list[tuple[_FileJob, int, int]]] | None = None
 
     def error(self, message: str) -> None:
         self.result.errors.append(message)
@@ -261,11 +265,31 @@ class _Restorer:
         self.batch.append((job, start, len(chunks)))
 
     def flush(self) -> None:
-        """Fetch the batch's chunks and write them out, in order, file by file."""
+        """Start fetching the batch's chunks (in the fetch thread), then write out the batch fetched before it.
+
+        Batches are written in the order they were made, so each file's pieces
+        land in order; at most two batches are held (one written, one fetched).
+        """
         if not self.batch:
             return
-        got, reasons = self._fetch(list(self.batch_ids))
+        if self._fetcher is None:
+            self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bkup-restore-fetch")
+        future = self._fetcher.submit(self._fetch, list(self.batch_ids))
         batch, self.batch, self.batch_ids, self.batch_bytes = self.batch, [], {}, 0
+        self._write_ahead()
+        self._ahead = (future, batch)
+
+    def drain(self) -> None:
+        """Fetch and write everything still pending."""
+        self.flush()
+        self._write_ahead()
+
+    def _write_ahead(self) -> None:
+        if self._ahead is None:
+            return
+        future, batch = self._ahead
+        self._ahead = None
+        got, reasons = future.result()  # re-raises what the fetch failed with
         for job, start, end in batch:
             if not job.failed:
                 self._write(job, got, reasons, start, end)
@@ -423,6 +447,10 @@ class _Restorer:
                 self.error(f"{v.path!r:.300}: {exc.strerror or exc}")
 
     def abort(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=True, cancel_futures=True)
+            self._fetcher = None
+        self._ahead = None
         for job in list(self.open_jobs):
             self._close(job)
         self.dirs.close()
@@ -492,7 +520,7 @@ def restore_tree(
         for page in api.files(client_id, subpath, run=seq, chunks=True):
             for v in page.entries:
                 restorer.add(v)
-        restorer.flush()
+        restorer.drain()
         restorer.make_symlinks()
         restorer.set_dir_meta()
     finally:

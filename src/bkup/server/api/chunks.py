@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import anyio
 from litestar import Controller, Request, post
 from litestar.response import Stream
@@ -16,9 +19,73 @@ from bkup.server.api.deps import Caller, Ctx
 from bkup.server.ingest import Ingest
 from bkup.server.principal import require_agent
 
-# Frames are handed to a worker thread in batches of about this size, so the
-# event loop only parses while verification and encryption run off it.
+# Frames are handed to the upload's ingest thread in batches of about this
+# size, so the event loop only reads and parses while verification,
+# encryption and writes run off it; at most QUEUE_BATCHES batches wait.
 HANDOFF_BYTES = 4 * 1024 * 1024
+QUEUE_BATCHES = 2
+
+
+class _IngestThread:
+    """One thread per upload that runs `Ingest.add` on frame batches, in order, while the loop keeps reading.
+
+    The first failure is kept and re-raised to the handler (at its next `put`
+    or at `close`); later batches are then drained unprocessed so that `put`
+    never blocks on a dead consumer. `stop` makes the thread exit without
+    processing what is queued (the upload is being aborted).
+    """
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.queue: queue.Queue[list[Frame] | None] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="bkup-ingest", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                batch = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if batch is None:
+                return
+            if self.error is None and not self.stopped.is_set():
+                try:
+                    self.ingest.add(batch)
+                except BaseException as exc:  # re-raised in the handler
+                    self.error = exc
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _put_blocking(self, item: list[Frame] | None) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    async def put(self, batch: list[Frame]) -> None:
+        self._check()
+        try:
+            self.queue.put_nowait(batch)
+        except queue.Full:
+            await anyio.to_thread.run_sync(self._put_blocking, batch)
+
+    async def close(self) -> None:
+        """Every batch is handed over: wait until all are processed; raise what the thread failed with."""
+        await anyio.to_thread.run_sync(self._put_blocking, None)
+        await anyio.to_thread.run_sync(self.thread.join)
+        self._check()
+
+    def stop(self) -> None:
+        """Blocking: make the thread exit after the batch in progress, and wait for it."""
+        self.stopped.set()
+        self.thread.join()
 
 
 class ChunkController(Controller):
@@ -42,6 +109,7 @@ class ChunkController(Controller):
         pending: list[Frame] = []
         pending_bytes = 0
         received = 0
+        worker = _IngestThread(ingest)
         try:
             async for data in request.stream():
                 received += len(data)
@@ -49,18 +117,21 @@ class ChunkController(Controller):
                     pending.append(frame)
                     pending_bytes += len(frame.data)
                 if pending_bytes >= HANDOFF_BYTES:
-                    await anyio.to_thread.run_sync(ingest.add, pending)
+                    await worker.put(pending)
                     pending, pending_bytes = [], 0
             parser.close()  # raises TruncatedStream: nothing of a cut upload is recorded
             if pending:
-                await anyio.to_thread.run_sync(ingest.add, pending)
+                await worker.put(pending)
+            await worker.close()  # every frame verified and written (or its error raised here)
             result = await anyio.to_thread.run_sync(ingest.finish)
             ctx.metrics.observe_upload(
                 received_bytes=received, stored=result.stored, duplicates=result.duplicates, stored_bytes=result.bytes_stored
             )
             return result
         except BaseException:
-            await anyio.to_thread.run_sync(ingest.abort)
+            with anyio.CancelScope(shield=True):  # also when the client went away: the pack must be discarded
+                await anyio.to_thread.run_sync(worker.stop)
+                await anyio.to_thread.run_sync(ingest.abort)
             raise
 
     @post("/read", sync_to_thread=True, status_code=200, media_type=protocol.FRAME_MEDIA_TYPE)
