@@ -51,7 +51,7 @@ server lacks in `extra.missing`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -63,6 +63,13 @@ MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # one chunk-upload request
 MAX_IDS_PER_QUERY = 4096  # chunk ids in one missing/read request
 MAX_ENTRIES_PER_BATCH = 2000  # versions in one commit request
 MAX_PATHS_PER_DELETE = 10000
+
+# Integers a caller sends are bounded to what the catalog stores (64-bit signed columns): a bigger
+# one is a 400 that names the field, never an overflow deep in the database driver.
+I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 
 Kind = Literal["file", "dir", "symlink"]
 RunStatus = Literal["running", "ok", "partial", "failed"]
@@ -143,14 +150,14 @@ class ClientInfo(Struct):
 
 
 class RunStats(Request):
-    files_seen: int = 0
-    files_changed: int = 0
-    files_deleted: int = 0
-    dirs_seen: int = 0
-    bytes_scanned: int = 0
-    bytes_new: int = 0  # raw bytes of chunks the server did not have
-    bytes_uploaded: int = 0  # bytes sent on the wire (compressed frames)
-    errors: int = 0
+    files_seen: Count = 0
+    files_changed: Count = 0
+    files_deleted: Count = 0
+    dirs_seen: Count = 0
+    bytes_scanned: Count = 0
+    bytes_new: Count = 0  # raw bytes of chunks the server did not have
+    bytes_uploaded: Count = 0  # bytes sent on the wire (compressed frames)
+    errors: Count = 0
 
 
 class RunStart(Request):
@@ -200,7 +207,7 @@ class UploadResult(Struct):
 class ChunkRead(Request):
     """POST /chunks/read: stream these chunks (frames) of this client's owner."""
 
-    client_id: int
+    client_id: Id
     ids: list[str]
 
 
@@ -212,11 +219,11 @@ class Entry(Request):
 
     path: str
     kind: Kind
-    size: int = 0
-    mtime_ns: int = 0
-    mode: int = 0
-    uid: int = 0
-    gid: int = 0
+    size: Count = 0
+    mtime_ns: I64 = 0
+    mode: U32 = 0
+    uid: U32 = 0
+    gid: U32 = 0
     chunks: list[str] | None = None  # files: the content as chunk ids, in order
     link_target: str | None = None  # symlinks: the target, wire form
 
@@ -306,7 +313,7 @@ class ClientConfig(Request):
     watch: bool = True  # continuous backup from file events
     commands: list[PreCommand] = []
     bandwidth_limit_kbps: int | None = None
-    version: int = 0  # bumped by the server on every change; read-only for callers
+    version: Count = 0  # bumped by the server on every change; read-only for callers
 
 
 class Heartbeat(Request):
@@ -328,7 +335,7 @@ class LogEntry(Request):
     ts: str
     level: Literal["debug", "info", "warning", "error"]
     message: str
-    run_seq: int | None = None
+    run_seq: Id | None = None
 
 
 class LogBatch(Request):

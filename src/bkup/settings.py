@@ -52,6 +52,8 @@ class Settings:
     master_key_file: str = ""  # default: <config_dir>/master.key
     host: str = "127.0.0.1"
     port: int = 8200
+    tls_cert: str = ""  # PEM certificate (chain) file: `bkup serve` speaks HTTPS itself (with tls_key)
+    tls_key: str = ""  # PEM private key file of tls_cert
     # retention and garbage collection (docs/retention.md); durations in seconds
     gc_grace: int = 3600  # chunks touched and packs retired this recently are never collected
     gc_interval: int = 21600  # the server's own GC runs this often; 0 turns it off
@@ -82,6 +84,8 @@ class Settings:
     quiet_period: float = 5.0  # seconds without file events before a watch run starts
     max_delay: float = 300.0  # seconds a watch run may be held back by events that keep coming
     retry_max_delay: float = 60.0  # the longest pause between two attempts to reach the server
+    ca_bundle: str = ""  # PEM file of the CAs the agent and client commands trust for the server (default: the system's)
+    allow_insecure_http: bool = False  # let the agent and client commands send tokens over plain http to a non-loopback host
 
     SECRET_FIELDS = ("master_key", "token", "metrics_token", "alert_secret", "password")
     # Given as seconds or as "90s", "30m", "2h", "1d" (config file and environment).

@@ -49,6 +49,27 @@ def normalize_server(server: str) -> str:
     return url
 
 
+def check_plain_http(server: str, allow_insecure_http: bool) -> None:
+    """Refuse http:// to anything but loopback: tokens and file data would cross the network in clear."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server)
+    if parts.scheme != "http" or allow_insecure_http:
+        return
+    host = (parts.hostname or "").lower()
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost" or host.endswith(".localhost")
+    if not loopback:
+        raise UsageError(
+            f"refusing plain http to {host}: tokens and backups would cross the network unencrypted. "
+            "Use https:// (bkup serve with tls_cert/tls_key, or a TLS proxy), or set allow_insecure_http "
+            "(BKUP_ALLOW_INSECURE_HTTP=1) if this network is trusted"
+        )
+
+
 class ApiClient:
     """A sync client of one server with one token (or none, to log in)."""
 
@@ -63,13 +84,32 @@ class ApiClient:
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = 3,
         backoff: float = 0.5,
+        ca_bundle: str | None = None,
+        allow_insecure_http: bool | None = None,
     ) -> None:
         self.server = normalize_server(server)
         self.retries = retries
         self.backoff = backoff
+        verify: Any = True
+        if transport is None:  # a real network (not an in-process app): TLS policy applies
+            if ca_bundle is None or allow_insecure_http is None:
+                from bkup.settings import load_settings  # the two settings have no flags: config file and env
+
+                s = load_settings()
+                ca_bundle = s.ca_bundle if ca_bundle is None else ca_bundle
+                allow_insecure_http = s.allow_insecure_http if allow_insecure_http is None else allow_insecure_http
+            check_plain_http(self.server, allow_insecure_http)
+            if ca_bundle:
+                import ssl
+
+                try:
+                    verify = ssl.create_default_context(cafile=ca_bundle)
+                except (OSError, ssl.SSLError) as e:
+                    raise UsageError(f"ca_bundle {ca_bundle!r} is not a readable PEM file of CA certificates: {e}") from None
         self._http = httpx.Client(
             base_url=self.server + protocol.API,
             transport=transport,
+            verify=verify,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             headers={"User-Agent": f"bkup/{bkup.__version__}"},
             follow_redirects=False,
@@ -413,4 +453,8 @@ def _params(**values: Any) -> dict[str, Any]:
 
 def _cause(exc: Exception) -> str:
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    cause = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        cause += (" — the server's TLS certificate is not trusted; if a private CA signed it, set ca_bundle"
+                  " (BKUP_CA_BUNDLE) to that CA's PEM file")
+    return cause

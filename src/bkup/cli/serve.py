@@ -50,13 +50,32 @@ def serve(
         typer.echo("It is shown only this once; change it after logging in.", err=True)
     log.info("catalog: %s", _mask(settings.effective_database_url), extra={"catalog": ctx.catalog.kind})
     log.info("storage: %s", ctx.store.url)
-    log.info("listening on http://%s:%s", settings.host, settings.port, extra={"replica": ctx.metrics.replica})
+    tls = tls_options(settings)
+    scheme = "https" if tls else "http"
+    log.info("listening on %s://%s:%s", scheme, settings.host, settings.port, extra={"replica": ctx.metrics.replica})
     app = create_app(settings, context=ctx)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), log_config=None,
-                    access_log=False, timeout_graceful_shutdown=10)
+                    access_log=False, timeout_graceful_shutdown=10, **tls)
     finally:
         ctx.close()
+
+
+def tls_options(settings) -> dict[str, str]:
+    """uvicorn's TLS arguments from `tls_cert`/`tls_key` ({} for plain HTTP); both or neither, both readable."""
+    from pathlib import Path
+
+    from bkup.errors import ConfigError
+
+    if not settings.tls_cert and not settings.tls_key:
+        return {}
+    if not (settings.tls_cert and settings.tls_key):
+        raise ConfigError("set both tls_cert and tls_key (BKUP_TLS_CERT, BKUP_TLS_KEY) to serve HTTPS, or neither")
+    for name in ("tls_cert", "tls_key"):
+        path = Path(getattr(settings, name))
+        if not path.is_file():
+            raise ConfigError(f"{name}: no such file: {path}")
+    return {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
 
 
 def _mask(url: str) -> str:

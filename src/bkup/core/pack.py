@@ -85,6 +85,9 @@ def seal_blob(key: bytes, chunk_id: str, flags: int, data: bytes) -> bytes:
 
 def open_blob(key: bytes, entry: PackEntry, blob: bytes) -> bytes:
     """Decrypt and authenticate a blob read at `entry`; return the stored data (still zstd if flagged)."""
+    if not is_chunk_id(entry.id) or not 0 <= entry.flags <= 0xFF:
+        # Entries come from decode_index, which checks them; one made up elsewhere still gets a clean error.
+        raise PackError(f"not a pack entry: id {entry.id!r:.80}, flags {entry.flags}")
     if len(blob) != entry.length:
         raise PackError(f"chunk {entry.id}: blob has {len(blob)} bytes, the index says {entry.length}")
     if len(blob) <= BLOB_OVERHEAD:

@@ -60,4 +60,30 @@ def internal_error(request: Request, exc: Exception) -> Response:
     return _json(500, "internal server error; the server log has the details")
 
 
-HANDLERS = {errors.BkupError: bkup_error, HTTPException: http_error, Exception: internal_error}
+def _raised_while_decoding_the_body(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in ("decode_json", "json_extractor", "msgpack_extractor"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def malformed_body(request: Request, exc: Exception) -> Response:
+    """Bytes that are not UTF-8, or JSON nested past the decoder's depth: the caller's error (400), not ours.
+
+    litestar turns msgspec's DecodeError into a 400 but lets these two through.
+    """
+    if _raised_while_decoding_the_body(exc):
+        what = "is not UTF-8" if isinstance(exc, UnicodeDecodeError) else "is nested too deeply"
+        return _json(400, f"the request body is not valid JSON: it {what}")
+    return internal_error(request, exc)
+
+
+HANDLERS = {
+    errors.BkupError: bkup_error,
+    HTTPException: http_error,
+    UnicodeDecodeError: malformed_body,
+    RecursionError: malformed_body,
+    Exception: internal_error,
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 from bkup.catalog import queries
@@ -51,7 +52,12 @@ def read_chunks(ctx: ServerContext, principal: Principal, client_id: int, ids: l
             yield from _read_group(ctx, user_id, locations[group[0].id].pack_id, group)
         yield end_marker(len(ids))
 
-    return frames()
+    # Read up to the first frame now: a store that cannot read at all is then a 503 with its
+    # message, not a 200 whose stream breaks off (which the client could only see as a cut stream).
+    stream = frames()
+    head = [next(stream)]
+    head.extend(itertools.islice(stream, 1))
+    return itertools.chain(head, stream)
 
 
 def _read_group(ctx: ServerContext, user_id: int, pack_id: str, entries: list[PackEntry]) -> Iterator[bytes]:

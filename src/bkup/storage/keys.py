@@ -187,3 +187,25 @@ class KeyStore:
         if record.get("user_id") != user_id:
             raise IntegrityError(f"the data key object {path} belongs to user {record.get('user_id')!r}")
         return record
+
+
+def rewrap_master(store: ObjectStore, old_master: bytes, new_master: bytes) -> int:
+    """Rewrap every user's data key under `new_master` (master key rotation, servers stopped); returns the count.
+
+    Every key is unwrapped first, so a wrong `old_master` changes nothing. The
+    packs are untouched: only the 60-byte wrapped keys in `keys/` change.
+    """
+    old = KeyStore(store, old_master)
+    users = old.list_users()
+    keys = [(user_id, name, old.user_key(user_id)) for user_id, name in users]
+    new = AESGCM(new_master)
+    for user_id, name, key in keys:
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        record = {
+            "version": _FORMAT_VERSION,
+            "user_id": user_id,
+            "name": name,
+            "wrapped": base64.b64encode(nonce + new.encrypt(nonce, key, _aad(user_id))).decode(),
+        }
+        store.put(_key_path(user_id), json.dumps(record, sort_keys=True).encode() + b"\n")
+    return len(keys)

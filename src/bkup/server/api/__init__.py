@@ -33,6 +33,18 @@ def _document_errors(router: Router) -> Router:
     return router
 
 
+MAX_ID = 2**63 - 1
+
+
+def ids_in_range(request) -> None:
+    """An id in the path past what the catalog can hold names nothing: 404, before any query overflows."""
+    from bkup.errors import NotFound
+
+    for name, value in request.path_params.items():
+        if isinstance(value, int) and not 0 <= value <= MAX_ID:
+            raise NotFound(f"no object with {name} {value}")
+
+
 def api_router() -> Router:
     return _document_errors(Router(
         path=API,
@@ -47,4 +59,5 @@ def api_router() -> Router:
             alerts.AlertController,
         ],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=True)},
+        before_request=ids_in_range,
     ))

@@ -1,0 +1,1 @@
+"""Fixtures of tests/security live in security_kit.py (importable by name from the test modules)."""
