@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -90,7 +91,7 @@ def tls_server(tmp_path_factory):
     while True:
         assert proc.poll() is None, log.read_text()
         try:
-            if httpx.get(url + "/healthz", verify=str(ca), timeout=1).status_code == 200:
+            if httpx.get(url + "/healthz", verify=ssl.create_default_context(cafile=str(ca)), timeout=1).status_code == 200:
                 break
         except httpx.HTTPError:
             assert time.monotonic() < deadline, log.read_text()
