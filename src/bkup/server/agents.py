@@ -78,14 +78,19 @@ def heartbeat(ctx: ServerContext, principal: Principal, beat: protocol.Heartbeat
         return _signal(client)
 
 
-def poll(ctx: ServerContext, principal: Principal) -> protocol.AgentSignal:
-    """One look at the client's signals (the long-poll loop lives in the API layer)."""
+def poll(ctx: ServerContext, principal: Principal, *, seen: bool = True) -> protocol.AgentSignal:
+    """One look at the client's signals (the long-poll loop lives in the API layer).
+
+    `seen` records the agent as alive: once per poll request is enough, the
+    re-checks of a long-poll every half second are reads only.
+    """
     client_id = require_agent(principal)
     with ctx.catalog.session() as s:
         client = s.get(Client, client_id)
-        client.last_seen = now()
-        s.add(client)
-        s.commit()
+        if seen:
+            client.last_seen = now()
+            s.add(client)
+            s.commit()
         return _signal(client)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Annotated
 
@@ -45,10 +46,12 @@ class AgentController(Controller):
         request made on one server replica reaches an agent polling another.
         """
         deadline = time.monotonic() + timeout
+        seen = True
         while True:
-            signal = await anyio.to_thread.run_sync(agents.poll, ctx, principal)
+            signal = await anyio.to_thread.run_sync(functools.partial(agents.poll, ctx, principal, seen=seen))
             if signal.backup_now or signal.config_version != version or time.monotonic() >= deadline:
                 return signal
+            seen = False
             await anyio.sleep(POLL_STEP_S)
 
     @post("/logs", sync_to_thread=True, status_code=200, request_max_body_size=16 * 1024 * 1024)
