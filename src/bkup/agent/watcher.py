@@ -50,6 +50,12 @@ EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileClosedEvent, FileModifiedEvent, FileAttribEvent, FileMovedEvent, FileDeletedEvent,
     DirCreatedEvent, DirAttribEvent, DirMovedEvent, DirDeletedEvent,
 ]
+try:  # watchdog >= 7 reports lost events (inotify overflow) as an event, only to watches that ask for it
+    from watchdog.events import EventsLostEvent
+except ImportError:  # older: `Watcher._hook_overflow` sees them
+    pass
+else:
+    EVENTS.append(EventsLostEvent)
 MAX_DIRTY = 10_000
 
 # watchdog warns when a directory moved out and back in is re-watched; harmless for us.
@@ -144,7 +150,11 @@ class Watcher:
     # --- events ------------------------------------------------------------------------------------
 
     def _hook_overflow(self) -> None:
-        """Learn about inotify queue overflows, which watchdog handles internally without an event."""
+        """Learn about inotify queue overflows, which watchdog before 7 handles internally without an event.
+
+        (watchdog 7 creates its inotify reader only at the first watch, and
+        reports an overflow to the handler as an "events_lost" event.)
+        """
         fd = getattr(self._observer, "_inotify_fd", None)
         if fd is None:
             return
@@ -241,6 +251,9 @@ class _Handler(FileSystemEventHandler):
         self.watcher = watcher
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        if event.event_type == "events_lost":  # watchdog >= 7 reports inotify overflows as an event
+            self.watcher.overflowed()
+            return
         for path in (event.src_path, getattr(event, "dest_path", b"")):
             if path:
                 self.watcher.add(os.fsencode(path), event.is_directory)
