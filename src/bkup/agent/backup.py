@@ -34,7 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bkup import protocol
-from bkup.agent.api import ApiClient, MissingChunksError
+from bkup.agent.api import ApiClient
+from bkup.agent.commits import Committer, Item
 from bkup.agent.progress import NullProgress, Progress
 from bkup.agent.scanner import ScanEntry, ScanReport, dirty_paths, resolve_roots, scan
 from bkup.agent.state import CachedEntry, StateCache
@@ -49,7 +50,6 @@ log = logging.getLogger("bkup.agent")
 
 BUFFER_BYTES = 32 * 1024 * 1024  # all raw chunks read but not yet uploaded, over every thread
 UPLOAD_BYTES = 32 * 1024 * 1024  # frame bytes in one upload request
-COMMIT_JSON_BYTES = 16 * 1024 * 1024  # rough size bound of one commit request body
 SEEN_BATCH = 5000
 LOOKUP_BATCH = 512  # scanned entries looked up in the state cache with one query
 READERS = 2  # threads that read, cut and hash (each takes whole work batches)
@@ -126,18 +126,11 @@ def chunk_file(fs_path: bytes, sink: Sink) -> FileContent:
 
 
 @dataclass(slots=True)
-class _Item:
-    entry: protocol.Entry
-    cached: CachedEntry
-    scan: ScanEntry
-
-
-@dataclass(slots=True)
 class _Group:
     """New chunks and the entries read with them: uploaded together, then committable."""
 
     chunks: dict[str, bytes] = field(default_factory=dict)
-    items: list[_Item] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
     size: int = 0
 
 
@@ -176,7 +169,7 @@ class Uploader:
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._groups: queue.Queue[_Group | None] = queue.Queue(maxsize=threads)
-        self.done: queue.Queue[tuple[list[str], list[_Item]]] = queue.Queue()  # to the committing thread
+        self.done: queue.Queue[tuple[list[str], list[Item]]] = queue.Queue()  # to the committing thread
         self.abort = threading.Event()
         self.failure: BaseException | None = None
         self._threads = [threading.Thread(target=self._work, name=f"bkup-upload-{i}", daemon=True) for i in range(threads)]
@@ -343,84 +336,6 @@ class _Readers:
                     break
 
 
-# --- commits -----------------------------------------------------------------------------
-
-
-def _json_size(entry: protocol.Entry) -> int:
-    return 256 + len(entry.path) + 67 * len(entry.chunks or ())
-
-
-class Committer:
-    """Sends entries in batches once all their chunks are confirmed; updates the state cache after each commit."""
-
-    def __init__(self, api: ApiClient, run_id: int, cache: StateCache, *, batch_size: int = protocol.MAX_ENTRIES_PER_BATCH) -> None:
-        self.api = api
-        self.run_id = run_id
-        self.cache = cache
-        self.batch_size = batch_size
-        self.confirmed: set[str] = set()  # ids uploaded or reported present during this run
-        self.waiting: list[_Item] = []  # name chunks another group has not confirmed yet
-        self.ready: list[_Item] = []
-        self.refused: list[_Item] = []  # the server lacked chunks: to read again
-        self.refused_ids: list[str] = []
-        self.changed_files = 0
-
-    def add(self, item: _Item) -> None:
-        chunks = item.entry.chunks
-        if chunks and not self.confirmed.issuperset(chunks):
-            self.waiting.append(item)
-            return
-        self.ready.append(item)
-        if len(self.ready) >= self.batch_size:
-            self.commit()
-
-    def group_done(self, ids: list[str], items: list[_Item]) -> None:
-        if ids:
-            self.confirmed.update(ids)
-            if self.waiting:
-                waiting, self.waiting = self.waiting, []
-                for item in waiting:
-                    self.add(item)
-        for item in items:
-            self.add(item)
-
-    def commit(self) -> None:
-        """Commit every ready entry."""
-        items, self.ready = self.ready, []
-        batch: list[_Item] = []
-        size = 0
-        for item in items:
-            n = _json_size(item.entry)
-            if batch and (len(batch) >= self.batch_size or size + n > COMMIT_JSON_BYTES):
-                self._commit(batch)
-                batch, size = [], 0
-            batch.append(item)
-            size += n
-        if batch:
-            self._commit(batch)
-
-    def _commit(self, batch: list[_Item]) -> None:
-        try:
-            self.api.commit(self.run_id, [i.entry for i in batch])
-        except MissingChunksError as exc:
-            # The whole batch was refused: set aside the entries naming a missing chunk, commit the rest.
-            missing = set(exc.missing)
-            log.warning("server lacks %d chunk(s) it reported present; re-reading the affected files", len(missing))
-            self.refused_ids.extend(missing)
-            self.confirmed.difference_update(missing)
-            keep = []
-            for item in batch:
-                (self.refused if missing.intersection(item.entry.chunks or ()) else keep).append(item)
-            if len(keep) == len(batch):
-                raise  # the server named chunks none of these entries use: nothing sensible to retry
-            if keep:
-                self._commit(keep)
-            return
-        # files_* stats count regular files only (not dirs, not symlinks).
-        self.changed_files += sum(1 for i in batch if i.entry.kind == "file")
-        self.cache.put_many((i.entry.path, i.cached) for i in batch)
-
-
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -491,9 +406,9 @@ class _Run:
                     self._hand_over()
             elif e.kind == "symlink":
                 target = fs_to_wire(e.link_target or b"")
-                self.committer.add(_Item(_entry(e, link_target=target), _cached_from_scan(e, target), e))
+                self.committer.add(Item(_entry(e, link_target=target), _cached_from_scan(e, target), e))
             else:
-                self.committer.add(_Item(_entry(e), _cached_from_scan(e, ""), e))
+                self.committer.add(Item(_entry(e), _cached_from_scan(e, ""), e))
         self.stats.files_seen += files
         if files:
             self.progress.advance(files=files)
@@ -522,6 +437,7 @@ class _Run:
                 break
             got = True
             self.committer.group_done(ids, items)
+        self.committer.poll()
         with self._report_lock:
             scanned = self._scanned
         if scanned > self._shown:
@@ -533,7 +449,7 @@ class _Run:
         if self.uploader.abort.is_set():
             self.stop()  # let requests in flight finish, so that what they stored gets committed
             self._collect()
-            self.committer.commit()  # keep what was uploaded before the failure
+            self.committer.flush()  # keep what was uploaded before the failure
             raise self.uploader.failure or RuntimeError("backup pipeline stopped")
 
     def finish_pipeline(self) -> None:
@@ -561,6 +477,7 @@ class _Run:
 
     def stop(self) -> None:
         self.uploader.stop()
+        self.committer.close()
         if self.readers is not None:
             self.readers.stop()
 
@@ -594,7 +511,7 @@ class _Run:
                 flush()
         flush()
 
-    def read_file(self, e: ScanEntry, sink: Sink) -> tuple[_Item | None, int]:
+    def read_file(self, e: ScanEntry, sink: Sink) -> tuple[Item | None, int]:
         """Read one file through `sink`; its entry, or None (with a warning) if it cannot be read whole."""
         name = os.fsdecode(e.fs_path)
         scanned = 0
@@ -628,7 +545,7 @@ class _Run:
             ctime_ns=st.st_ctime_ns, inode=st.st_ino, dev=st.st_dev, mode=stat.S_IMODE(st.st_mode),
             uid=st.st_uid, gid=st.st_gid,
         )
-        return _Item(_entry(read, chunks=ids), _cached_from_scan(read, content_id(ids)), read), scanned
+        return Item(_entry(read, chunks=ids), _cached_from_scan(read, content_id(ids)), read), scanned
 
     def _warn(self, message: str) -> None:
         with self._report_lock:
@@ -643,7 +560,7 @@ class _Run:
     def drain(self) -> None:
         """Upload and commit everything; read once more (in this thread) the files a commit was refused for."""
         self.finish_pipeline()
-        self.committer.commit()
+        self.committer.flush()
         for item in self.committer.waiting:  # cannot happen: every claimed id belongs to a finished group
             self._error(f"{os.fsdecode(item.scan.fs_path)}: its chunks were never confirmed; skipped")
         self.committer.waiting = []
@@ -679,7 +596,7 @@ class _Run:
             except queue.Empty:
                 break
             self.committer.group_done(ids, items)
-        self.committer.commit()
+        self.committer.flush()
         for item in self.committer.refused:
             self._error(f"{os.fsdecode(item.scan.fs_path)}: the server refused its chunks twice; skipped")
         self.committer.refused = []
