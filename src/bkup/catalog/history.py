@@ -12,8 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Table, and_, delete, exists, func, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import Row, Table, and_, delete, exists, func, select, update
 from sqlmodel import Session
 
 from bkup.catalog.models import Client, Content, Run, Version
@@ -144,18 +143,22 @@ def content_chunks(s: Session, user_id: int, content_ids: Sequence[str]) -> dict
 # --- what a run did ---------------------------------------------------------------------
 
 
-def opened_by(s: Session, client_id: int, user_id: int, run_seq: int) -> Iterator[tuple[Version, bytes | None]]:
-    """The versions run `run_seq` opened (still in the catalog), with their contents' raw chunk ids."""
-    v = aliased(Version)
+def opened_by(s: Session, client_id: int, user_id: int, run_seq: int) -> Iterator[tuple[Row, bytes | None]]:
+    """The versions run `run_seq` opened (still in the catalog), with their contents' raw chunk ids.
+
+    Plain rows with the version's columns as attributes, not ORM objects: a
+    first run opens a version per file, and building a Version object for
+    each cost more than writing the manifest.
+    """
     q = (
-        select(v, _contents.c.chunk_ids)
-        .outerjoin(_contents, and_(_contents.c.user_id == user_id, _contents.c.id == v.content_id))
-        .where(v.client_id == client_id, v.valid_from == run_seq)
-        .order_by(v.path)
+        select(_versions, _contents.c.chunk_ids)
+        .outerjoin(_contents, and_(_contents.c.user_id == user_id, _contents.c.id == _versions.c.content_id))
+        .where(_versions.c.client_id == client_id, _versions.c.valid_from == run_seq)
+        .order_by(_versions.c.path)
         .execution_options(yield_per=1000)
     )
-    for version, blob in s.execute(q):
-        yield version, None if blob is None else bytes(blob)
+    for row in s.execute(q):
+        yield row, None if row.chunk_ids is None else bytes(row.chunk_ids)
 
 
 def closed_by(s: Session, client_id: int, run_seq: int) -> list[tuple[str, int]]:

@@ -9,7 +9,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream, Template
 
 from bkup.core import paths
-from bkup.server import accounts, browse, runs
+from bkup.server import accounts, browse, reads, runs
 from bkup.web import downloads, render
 from bkup.web.pages.common import Ctx, Me
 
@@ -35,7 +35,7 @@ def _stream(d: downloads.Download) -> Stream:
                "X-Content-Type-Options": "nosniff"}
     if d.size is not None:
         headers["Content-Length"] = str(d.size)
-    return Stream(d.body, media_type=d.media_type, headers=headers)
+    return Stream(reads.coalesce(d.body), media_type=d.media_type, headers=headers)
 
 
 class BrowserPages(Controller):
