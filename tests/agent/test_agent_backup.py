@@ -11,6 +11,7 @@ import pytest
 from agent_helpers import SpyApi, backup, make_tree, rand, restored, snapshot
 
 from bkup.agent import backup as backup_mod
+from bkup.agent import commits
 from bkup.agent.api import MissingChunksError
 from bkup.agent.backup import BUFFER_BYTES
 from bkup.agent.restore import list_entries, restore_tree
@@ -314,3 +315,41 @@ def test_a_commit_refused_for_missing_chunks_reads_the_file_again(account, state
         assert result.stats.bytes_scanned == 30_000  # one file read twice
         target = tmp_path / "t"
         assert restore_tree(api, account.client_id, target).files == 2
+
+
+def test_a_failed_commit_fails_the_run_and_the_cache_keeps_only_what_the_server_answered(account, state_dir, tmp_path, monkeypatch):
+    """Commits go out from a commit thread, two at a time; the state cache must still follow the server."""
+    monkeypatch.setattr(commits, "BATCH_ENTRIES", 20)
+    src = tmp_path / "src"
+    for d in range(5):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(30):
+            (src / f"d{d}" / f"f{i}").write_bytes(rand(100, seed=d * 100 + i))
+
+    class Failing(SpyApi):
+        answered: list[str] = []
+
+        def commit(self, run_id, entries):
+            if self.calls["commit"] == 2:
+                self.calls["commit"] += 1
+                raise ServerError("server error 500: the catalog is down")
+            result = super().commit(run_id, entries)
+            self.answered += [e.path for e in entries]
+            return result
+
+    with Failing(account.server, account.agent_token) as api:
+        with pytest.raises(ServerError, match="catalog is down"):
+            backup(api, account.client_id, state_dir, [src])
+        assert api.calls["commit"] >= 3
+    with StateCache.open(state_dir, server=account.server, client_id=account.client_id) as cache:
+        cached = set(cache.paths())
+    assert cached <= set(Failing.answered)  # never ahead of the server
+    assert len(cached) >= 40  # the two batches answered before the failure were applied
+
+    with SpyApi(account.server, account.agent_token) as api:
+        again = backup(api, account.client_id, state_dir, [src])
+        assert again.run.status == "ok"
+        assert cached.isdisjoint(e.path for e in api.sent_entries)  # what the cache holds is not sent again
+        out = restore_tree(api, account.client_id, tmp_path / "t")
+    assert out.errors == [] and out.files == 150
+    assert snapshot(restored(tmp_path / "t", src)) == snapshot(src)

@@ -23,7 +23,8 @@ from bkup.agent.state import CachedEntry, StateCache
 
 log = logging.getLogger("bkup.agent")
 
-COMMIT_JSON_BYTES = 16 * 1024 * 1024  # rough size bound of one commit request body
+BATCH_ENTRIES = protocol.MAX_ENTRIES_PER_BATCH  # entries in one commit request...
+COMMIT_JSON_BYTES = 16 * 1024 * 1024  # ...or about this many bytes of its body
 IN_FLIGHT = 2  # commit batches sent and not yet answered
 
 
@@ -47,11 +48,11 @@ class Committer:
     failed commit is raised from the next `add`, `commit`, `poll` or `wait`.
     """
 
-    def __init__(self, api: ApiClient, run_id: int, cache: StateCache, *, batch_size: int = protocol.MAX_ENTRIES_PER_BATCH) -> None:
+    def __init__(self, api: ApiClient, run_id: int, cache: StateCache, *, batch_size: int | None = None) -> None:
         self.api = api
         self.run_id = run_id
         self.cache = cache
-        self.batch_size = batch_size
+        self.batch_size = batch_size or BATCH_ENTRIES
         self.confirmed: set[str] = set()  # ids uploaded or reported present during this run
         self.waiting: list[Item] = []  # name chunks another group has not confirmed yet
         self.ready: list[Item] = []
