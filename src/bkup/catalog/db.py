@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import ExceptionContext
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -84,6 +85,7 @@ class Catalog:
         engine = create_engine(self.url, **kwargs)
         if self.kind == "sqlite":
             event.listen(engine, "connect", _sqlite_on_connect)
+            engine.dialect.statement_compiler = _SQLiteHintingCompiler
         event.listen(engine, "handle_error", self._on_error)
         return engine
 
@@ -134,6 +136,18 @@ class Catalog:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class _SQLiteHintingCompiler(SQLiteCompiler):
+    """SQLite's compiler, rendering table hints: `.with_hint(table, "INDEXED BY ix_name", "sqlite")`.
+
+    SQLAlchemy drops table hints on SQLite. The catalog needs a few: with no
+    statistics, SQLite's planner picks a poor index for some queries (see
+    `queries._current_versions`).
+    """
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
 
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:

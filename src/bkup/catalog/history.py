@@ -155,6 +155,8 @@ def opened_by(s: Session, client_id: int, user_id: int, run_seq: int) -> Iterato
         .outerjoin(_contents, and_(_contents.c.user_id == user_id, _contents.c.id == _versions.c.content_id))
         .where(_versions.c.client_id == client_id, _versions.c.valid_from == run_seq)
         .order_by(_versions.c.path)
+        # Without it SQLite walks every version of the client in path order to skip the sort.
+        .with_hint(_versions, "INDEXED BY ix_versions_client_id_valid_from", "sqlite")
         .execution_options(yield_per=1000)
     )
     for row in s.execute(q):
@@ -167,6 +169,7 @@ def closed_by(s: Session, client_id: int, run_seq: int) -> list[tuple[str, int]]
         select(_versions.c.path, _versions.c.valid_from)
         .where(_versions.c.client_id == client_id, _versions.c.valid_to == run_seq)
         .order_by(_versions.c.path)
+        .with_hint(_versions, "INDEXED BY ix_versions_client_id_valid_to", "sqlite")
     )
     return [(p, f) for p, f in s.execute(q)]
 
