@@ -114,6 +114,8 @@ def test_file_fd_and_stream_agree(tmp_path, data20: bytes) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         assert list(iter_chunks_fd(fd)) == from_stream
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert list(iter_chunks_fd(fd, len(data20))) == from_stream
         os.fstat(fd)  # still open
     finally:
         os.close(fd)
@@ -154,3 +156,25 @@ def test_read_error_propagates_after_the_chunks_before_it() -> None:
         for c in it:
             seen.append(c)
     assert b"".join(seen) == data[: len(b"".join(seen))]
+
+
+def test_fd_with_a_trusted_size_reads_a_small_body_once(tmp_path) -> None:
+    """A body that one read returns whole is one chunk; a body longer than the caller's size is still read whole."""
+    for n in (1, 1000, MIN_SIZE):
+        path = tmp_path / f"f{n}"
+        path.write_bytes(os.urandom(n))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert list(iter_chunks_fd(fd, n)) == [path.read_bytes()]
+            os.lseek(fd, 0, os.SEEK_SET)
+            grown = list(iter_chunks_fd(fd, n - 1))  # the file grew since the caller's stat: all of it comes
+            assert b"".join(grown) == path.read_bytes()
+        finally:
+            os.close(fd)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    fd = os.open(empty, os.O_RDONLY)
+    try:
+        assert list(iter_chunks_fd(fd, 0)) == []
+    finally:
+        os.close(fd)

@@ -106,7 +106,7 @@ def chunk_file(fs_path: bytes, sink: Sink) -> FileContent:
             raise FileChanged("not a regular file any more")
         ids: list[str] = []
         total = 0
-        for raw in iter_chunks_fd(fd):  # the module global: tests wrap it
+        for raw in iter_chunks_fd(fd, before.st_size):  # the module global: tests wrap it; checked below
             cid = chunk_id(raw)
             ids.append(cid)
             total += len(raw)

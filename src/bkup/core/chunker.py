@@ -58,7 +58,7 @@ def iter_chunks(fileobj: BinaryIO) -> Iterator[bytes]:
         yield bytes(chunk.data)
 
 
-def iter_chunks_fd(fd: int) -> Iterator[bytes]:
+def iter_chunks_fd(fd: int, size: int | None = None) -> Iterator[bytes]:
     """Yield the chunks of an open file descriptor from its current position; the fd stays open.
 
     The same cut points as `iter_chunks`, cheaper per file: a body of at most
@@ -66,11 +66,19 @@ def iter_chunks_fd(fd: int) -> Iterator[bytes]:
     larger bodies are cut in a window reused by the calling thread
     (`pyfastcdc.cut_stream` allocates and zeroes ~8 MiB per call, which made
     small files cost ~10 ms each once glibc stopped reusing that block).
+
+    `size`: the body's size as the caller just stat'ed it. It saves an fstat
+    and an lseek, and a small body that one read returns whole is not
+    confirmed by a second read at its end: the caller must then check, after
+    reading, that the file did not change (the agent compares fstat before and
+    after). Every system call costs a GIL hand-off, and small files are many.
     """
-    try:
-        size = os.fstat(fd).st_size - os.lseek(fd, 0, os.SEEK_CUR)
-    except OSError:
-        size = MIN_SIZE + 1  # not seekable: take the general path
+    trusted = size is not None
+    if size is None:
+        try:
+            size = os.fstat(fd).st_size - os.lseek(fd, 0, os.SEEK_CUR)
+        except OSError:
+            size = MIN_SIZE + 1  # not seekable: take the general path
     head = b""
     if 0 <= size <= MIN_SIZE:
         while len(head) <= MIN_SIZE:
@@ -80,6 +88,9 @@ def iter_chunks_fd(fd: int) -> Iterator[bytes]:
                     yield head
                 return
             head = more if not head else head + more
+            if trusted and len(head) == size:
+                yield head
+                return
     yield from _cut_window(fd, head)
 
 
