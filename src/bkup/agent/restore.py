@@ -10,6 +10,11 @@ written; a file with a bad or missing chunk is reported and left out (its temp
 file removed), never half-written. Files appear atomically (temp name, then
 rename); then mode, times and, as root, ownership; directories last, deepest
 first. `/home/x/f` is restored as `TARGET/home/x/f`, as restic does.
+
+Chunks are fetched in batches, one batch ahead in a fetch thread; each
+fetched batch is written by WRITERS threads, each taking a contiguous slice
+of whole files, and the next batch goes to the writers only once the last
+one is fully written (so a file spanning batches gets its pieces in order).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import errno
 import os
 import secrets
 import stat
+import threading
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -33,7 +40,10 @@ from bkup.core.paths import UnsafePath, is_under, normalize, parent_of, relative
 from bkup.errors import Conflict, NotFound, ServerError, UsageError
 
 FETCH_BYTES = 16 * 1024 * 1024  # estimated raw bytes per chunk-read request
+BATCH_FILES = 2048  # files in one batch at most (many empty or identical files need few or no chunk ids)
+WRITERS = 4  # threads creating and writing files: creating many small files scales with threads
 DIR_FD_CACHE = 64
+_FILE_COST = 64 * 1024  # creating, closing and renaming a file, counted as this many bytes written when slicing a batch
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -111,26 +121,40 @@ def _fs_parts(path: str, base: str) -> list[bytes]:
 
 
 class _Dirs:
-    """Directories under the target, reached component by component without following symlinks."""
+    """Directories under the target, reached component by component without following symlinks.
+
+    Thread-safe. The cache of open directory fds is used under a lock; the
+    directories missing from it are opened (and made) outside the lock, each
+    thread walking with fds of its own (dups), so an fd evicted from the cache
+    by one thread is never one another thread is still using.
+    """
 
     def __init__(self, root_fd: int, overwrite: bool) -> None:
         self.root_fd = root_fd
         self.overwrite = overwrite
         self._cache: OrderedDict[tuple[bytes, ...], int] = OrderedDict()
+        self._lock = threading.Lock()
 
     def open(self, parts: list[bytes] | tuple[bytes, ...], *, create: bool = True) -> int:
         """A new fd (the caller closes it) of the directory TARGET/parts, made if missing and `create`."""
         key = tuple(parts)
-        depth = len(key)
-        while depth and key[:depth] not in self._cache:
-            depth -= 1
-        fd = self._cache[key[:depth]] if depth else self.root_fd
-        for i in range(depth, len(key)):
-            fd = self._step(fd, key[i], create, key[: i + 1])
-            self._remember(key[: i + 1], fd)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-        return os.dup(fd)
+        with self._lock:
+            depth = len(key)
+            while depth and key[:depth] not in self._cache:
+                depth -= 1
+            if depth and depth == len(key):
+                self._cache.move_to_end(key)
+            fd = os.dup(self._cache[key[:depth]] if depth else self.root_fd)
+        try:
+            for i in range(depth, len(key)):
+                sub = self._step(fd, key[i], create, key[: i + 1])
+                os.close(fd)
+                fd = sub
+                self._remember(key[: i + 1], fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _step(self, fd: int, name: bytes, create: bool, where: tuple[bytes, ...]) -> int:
         try:
@@ -143,26 +167,32 @@ class _Dirs:
                 raise _Refused(f"{_show(where)}: cannot open directory: {exc.strerror}") from None
             if not self.overwrite:
                 raise _Refused(f"{_show(where)}: exists and is not a directory") from None
-            os.unlink(name, dir_fd=fd)  # a file or symlink in the way: remove it, never follow it
-        try:
+            # A file or symlink in the way: remove it, never follow it (another thread may have done so already).
+            with suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(name, dir_fd=fd)
+        with suppress(FileExistsError):  # e.g. made by another thread meanwhile
             os.mkdir(name, 0o700, dir_fd=fd)
-        except FileExistsError:
-            pass
         try:
             return os.open(name, _DIR_FLAGS, dir_fd=fd)
         except OSError as exc:
             raise _Refused(f"{_show(where)}: cannot create directory: {exc.strerror}") from None
 
     def _remember(self, key: tuple[bytes, ...], fd: int) -> None:
-        self._cache[key] = fd
-        if len(self._cache) > DIR_FD_CACHE:
-            _, old = self._cache.popitem(last=False)
-            os.close(old)
+        """Cache a dup of `fd` (unless another thread just did), closing the least recently used beyond DIR_FD_CACHE."""
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return
+            self._cache[key] = os.dup(fd)
+            if len(self._cache) > DIR_FD_CACHE:
+                _, old = self._cache.popitem(last=False)
+                os.close(old)
 
     def close(self) -> None:
-        for fd in self._cache.values():
-            os.close(fd)
-        self._cache.clear()
+        with self._lock:
+            for fd in self._cache.values():
+                os.close(fd)
+            self._cache.clear()
 
 
 def _show(parts: tuple[bytes, ...] | list[bytes]) -> str:
@@ -191,6 +221,41 @@ class _FileJob:
     failed: bool = False
 
 
+_Piece = tuple[_FileJob, int, int]  # chunks [start, end) of a file, in one batch
+
+
+@dataclass
+class _Tally:
+    """What one writer did with its slice of a batch; added to the result (in batch order) at the barrier."""
+
+    files: int = 0
+    bytes: int = 0
+    written: int = 0  # for progress: every byte written, also those of files that fail later
+    errors: list[str] = field(default_factory=list)
+
+
+def _slices(pieces: list[_Piece], got: dict[str, bytes], n: int) -> list[list[_Piece]]:
+    """`pieces` cut into at most `n` contiguous runs of about equal work (bytes, plus a fixed cost per file).
+
+    A file has at most one piece per batch, so each file goes to exactly one run.
+    Contiguous runs keep the files of one directory mostly on one thread.
+    """
+    if n <= 1 or len(pieces) <= 1:
+        return [pieces] if pieces else []
+    weights = [_FILE_COST + sum(len(got.get(cid, b"")) for cid in job.chunks[start:end]) for job, start, end in pieces]
+    total = sum(weights)
+    runs: list[list[_Piece]] = []
+    first = done = 0
+    for i, weight in enumerate(weights):
+        done += weight
+        if len(runs) < n - 1 and done * n >= total * (len(runs) + 1):
+            runs.append(pieces[first : i + 1])
+            first = i + 1
+    if first < len(pieces):
+        runs.append(pieces[first:])
+    return runs
+
+
 class _Restorer:
     def __init__(self, api: ApiClient, client_id: int, root_fd: int, subpath: str, overwrite: bool, progress: Progress) -> None:
         self.api = api
@@ -203,13 +268,18 @@ class _Restorer:
         self.result = RestoreResult()
         self.dir_meta: list[tuple[list[bytes], protocol.VersionInfo]] = []
         self.symlinks: list[tuple[list[bytes], protocol.VersionInfo]] = []
-        self.batch: list[tuple[_FileJob, int, int]] = []  # (file, first chunk, end) to write after the fetch
+        self.batch: list[_Piece] = []  # (file, first chunk, end) to write after the fetch
         self.batch_ids: dict[str, None] = {}
         self.batch_bytes = 0
-        self.open_jobs: set[_FileJob] = set()
+        self.open_jobs: set[_FileJob] = set()  # files with an fd or temp file (guarded by _jobs_lock)
+        self._jobs_lock = threading.Lock()
         # One batch ahead: the next batch is fetched and decoded in this thread while the current one is written.
         self._fetcher: ThreadPoolExecutor | None = None
-        self._ahead: tuple[Future, list[tuple[_FileJob, int, int]]] | None = None
+        self._ahead: tuple[Future, list[_Piece]] | None = None
+        # The batch being written, one slice per writer thread; the main thread goes on listing meanwhile.
+        self._writers: ThreadPoolExecutor | None = None
+        self._writing: list[tuple[Future, _Tally]] = []
+        self._stop = threading.Event()  # set on abort or a writer's unexpected failure: writers stop at their next file
 
     def error(self, message: str) -> None:
         self.result.errors.append(message)
@@ -247,9 +317,11 @@ class _Restorer:
             raise _Refused(f"{v.path!r:.300}: malformed chunk id in its chunk list")
         if v.content_id is not None and content_id(chunks) != v.content_id:
             raise _Refused(f"{v.path!r:.300}: chunk list does not match its content id")
+        if len(self.batch) >= BATCH_FILES:
+            self.flush()
         job = _FileJob(v, parts, chunks)
         if not chunks:
-            self._write(job, {}, {}, 0, 0)
+            self.batch.append((job, 0, 0))  # created by a writer like any other file, nothing to fetch
             return
         est = max(1, v.size // len(chunks))
         start = 0
@@ -265,13 +337,16 @@ class _Restorer:
         self.batch.append((job, start, len(chunks)))
 
     def flush(self) -> None:
-        """Start fetching the batch's chunks (in the fetch thread), then write out the batch fetched before it.
+        """Start fetching the batch's chunks (in the fetch thread), then hand the batch fetched before it to the writers.
 
-        Batches are written in the order they were made, so each file's pieces
-        land in order; at most two batches are held (one written, one fetched).
+        Batches are written in the order they were made, and one batch goes to
+        the writers only once the one before it is fully written, so each
+        file's pieces land in order. At most two batches of chunks are held:
+        the one being written and the one being fetched.
         """
         if not self.batch:
             return
+        self._wait_writes()  # the batch written so far is released before the next fetch starts
         if self._fetcher is None:
             self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bkup-restore-fetch")
         future = self._fetcher.submit(self._fetch, list(self.batch_ids))
@@ -282,19 +357,49 @@ class _Restorer:
     def drain(self) -> None:
         """Fetch and write everything still pending."""
         self.flush()
+        self._wait_writes()
         self._write_ahead()
+        self._wait_writes()
 
     def _write_ahead(self) -> None:
+        """Hand the batch fetched ahead to the writers, a slice of whole files each; does not wait for them."""
         if self._ahead is None:
             return
         future, batch = self._ahead
         self._ahead = None
         got, reasons = future.result()  # re-raises what the fetch failed with
-        for job, start, end in batch:
-            if not job.failed:
-                self._write(job, got, reasons, start, end)
+        pieces = [piece for piece in batch if not piece[0].failed]
+        if self._writers is None:
+            self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="bkup-restore-write")
+        for run in _slices(pieces, got, WRITERS):
+            tally = _Tally()
+            self._writing.append((self._writers.submit(self._write_slice, run, got, reasons, tally), tally))
 
-    def _write(self, job: _FileJob, got: dict[str, bytes], reasons: dict[str, str], start: int, end: int) -> None:
+    def _wait_writes(self) -> None:
+        """The barrier: wait until the batch being written is done, count what each writer did, re-raise a failure."""
+        wait([future for future, _ in self._writing])
+        writing, self._writing = self._writing, []
+        for _, tally in writing:
+            self.result.files += tally.files
+            self.result.bytes += tally.bytes
+            self.result.errors.extend(tally.errors)
+            if tally.files or tally.written:
+                self.progress.advance(files=tally.files, bytes=tally.written)
+        for future, _ in writing:
+            future.result()  # an unexpected error in a writer: every writer has stopped, abort() cleans up
+
+    def _write_slice(self, pieces: list[_Piece], got: dict[str, bytes], reasons: dict[str, str], tally: _Tally) -> None:
+        """One writer's share of a batch, in batch order (runs in a writer thread)."""
+        try:
+            for job, start, end in pieces:
+                if self._stop.is_set():
+                    return
+                self._write(job, got, reasons, start, end, tally)
+        except BaseException:
+            self._stop.set()  # the other writers stop too; the main thread re-raises this at the barrier
+            raise
+
+    def _write(self, job: _FileJob, got: dict[str, bytes], reasons: dict[str, str], start: int, end: int, tally: _Tally) -> None:
         """Write chunks [start, end) of a file; the last piece puts the file in place."""
         try:
             if job.fd < 0:
@@ -305,18 +410,20 @@ class _Restorer:
                     raise _Refused(f"{job.v.path!r:.300}: damaged, not restored: chunk {cid} {reasons.get(cid, 'missing')}")
                 _write_all(job.fd, raw)
                 job.written += len(raw)
-                self.progress.advance(bytes=len(raw))
+                tally.written += len(raw)
             if end == len(job.chunks):
-                self._finish(job)
+                self._finish(job, tally)
         except _Refused as exc:
-            self._fail(job, str(exc))
+            self._fail(job, str(exc), tally)
         except OSError as exc:
-            self._fail(job, f"{job.v.path!r:.300}: {exc.strerror or exc}")
+            self._fail(job, f"{job.v.path!r:.300}: {exc.strerror or exc}", tally)
 
     def _fetch(self, ids: list[str]) -> tuple[dict[str, bytes], dict[str, str]]:
         """Verified plaintext of as many of `ids` as the server gives, and why the others are absent."""
         got: dict[str, bytes] = {}
         reasons: dict[str, str] = {}
+        if not ids:  # a batch of empty files only
+            return got, reasons
         todo = ids
         for attempt in (1, 2):
             try:
@@ -353,17 +460,18 @@ class _Restorer:
 
     def _start(self, job: _FileJob) -> None:
         job.parent_fd = self.dirs.open(job.parts[:-1])
-        self.open_jobs.add(job)
+        with self._jobs_lock:
+            self.open_jobs.add(job)
         job.tmp = b".bkup-restore-" + secrets.token_hex(6).encode()
         job.fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=job.parent_fd)
 
-    def _finish(self, job: _FileJob) -> None:
+    def _finish(self, job: _FileJob, tally: _Tally) -> None:
         v = job.v
         if job.written != v.size:
             raise _Refused(f"{v.path!r:.300}: damaged, not restored: {job.written} bytes but the listing says {v.size}")
         _apply_meta(job.fd, v, self.as_root)
-        os.close(job.fd)
-        job.fd = -1
+        fd, job.fd = job.fd, -1
+        os.close(fd)  # may report a late write error (network file systems): the file fails, and is not closed twice
         name = job.parts[-1]
         try:
             os.rename(job.tmp, name, src_dir_fd=job.parent_fd, dst_dir_fd=job.parent_fd)
@@ -371,29 +479,30 @@ class _Restorer:
             raise _Refused(f"{v.path!r:.300}: cannot put in place: {exc.strerror}") from None
         job.tmp = b""
         self._close(job)
-        self.result.files += 1
-        self.result.bytes += job.written
-        self.progress.advance(files=1)
+        tally.files += 1
+        tally.bytes += job.written
 
-    def _fail(self, job: _FileJob, message: str) -> None:
+    def _fail(self, job: _FileJob, message: str, tally: _Tally) -> None:
         job.failed = True
-        self.error(message)
+        tally.errors.append(message)
         self._close(job)
 
     def _close(self, job: _FileJob) -> None:
-        if job.fd >= 0:
-            os.close(job.fd)
-            job.fd = -1
+        """Release a file's fds and temp file. Cleanup only, so it never raises: errors in a writer are the file's own."""
+        fd, job.fd = job.fd, -1
+        if fd >= 0:
+            with suppress(OSError):
+                os.close(fd)
         if job.tmp:
-            try:
+            with suppress(OSError):
                 os.unlink(job.tmp, dir_fd=job.parent_fd)
-            except OSError:
-                pass
             job.tmp = b""
-        if job.parent_fd >= 0:
-            os.close(job.parent_fd)
-            job.parent_fd = -1
-        self.open_jobs.discard(job)
+        fd, job.parent_fd = job.parent_fd, -1
+        if fd >= 0:
+            with suppress(OSError):
+                os.close(fd)
+        with self._jobs_lock:
+            self.open_jobs.discard(job)
 
     # last: symlinks, then directory metadata deepest first
 
@@ -447,6 +556,12 @@ class _Restorer:
                 self.error(f"{v.path!r:.300}: {exc.strerror or exc}")
 
     def abort(self) -> None:
+        """Stop the writers and the fetch, remove what is half-written (also the normal end: then nothing is)."""
+        self._stop.set()
+        if self._writers is not None:
+            self._writers.shutdown(wait=True, cancel_futures=True)  # the open files are closed only once no writer runs
+            self._writers = None
+        self._writing = []
         if self._fetcher is not None:
             self._fetcher.shutdown(wait=True, cancel_futures=True)
             self._fetcher = None
