@@ -495,6 +495,13 @@ class _Run:
         def sink(cid: str, raw: bytes) -> None:
             if cid in group.chunks or not self.uploader.claim(cid):
                 return
+            # A full group goes out also in the middle of a file, so that a large file is
+            # uploaded as several groups in parallel while it is still being read (checked
+            # only between files, a 1 GiB file grew one buffer-sized group at a time, uploaded
+            # alone). Its entry joins its last group; the committer holds it until the earlier
+            # groups are done too.
+            if group.size >= self.uploader.group_bytes:
+                flush()
             self.uploader.reserve(len(raw), flush)
             group.chunks[cid] = raw
             group.size += len(raw)
