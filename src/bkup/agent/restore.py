@@ -20,6 +20,7 @@ one is fully written (so a file spanning batches gets its pieces in order).
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -280,6 +281,10 @@ class _Restorer:
         self._writers: ThreadPoolExecutor | None = None
         self._writing: list[tuple[Future, _Tally]] = []
         self._stop = threading.Event()  # set on abort or a writer's unexpected failure: writers stop at their next file
+        # Temp names: one random prefix per restore and a counter (a random name per file cost a
+        # getrandom call each); itertools.count is atomic under the GIL.
+        self._tmp_prefix = b".bkup-restore-" + secrets.token_hex(6).encode() + b"-"
+        self._tmp_seq = itertools.count()
 
     def error(self, message: str) -> None:
         self.result.errors.append(message)
@@ -462,7 +467,7 @@ class _Restorer:
         job.parent_fd = self.dirs.open(job.parts[:-1])
         with self._jobs_lock:
             self.open_jobs.add(job)
-        job.tmp = b".bkup-restore-" + secrets.token_hex(6).encode()
+        job.tmp = b"%s%d" % (self._tmp_prefix, next(self._tmp_seq))  # O_EXCL: never an existing file
         job.fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=job.parent_fd)
 
     def _finish(self, job: _FileJob, tally: _Tally) -> None:
