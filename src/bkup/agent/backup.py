@@ -8,9 +8,10 @@ The run is a small pipeline (docs/performance.md), so that both cores work:
 - READERS threads each take whole work batches: open, read, cut, hash; every
   chunk id is claimed once per run, and new chunks collect into groups of
   about a quarter of the buffer;
-- UPLOADERS threads each take a group: ask which ids the server lacks,
-  compress only those, upload them as one frame stream, and report the group's
-  entries back as committable.
+- UPLOADERS threads (agent.uploads) each take a group: ask which ids the
+  server lacks, compress only those, upload them as one frame stream, and
+  report the group's entries back as committable; commits go out from a
+  commit thread (agent.commits).
 
 zstd, BLAKE3, FastCDC, reads and sockets all release the GIL, so the threads
 overlap; every queue is bounded, and all buffered chunk bytes together never
@@ -39,8 +40,8 @@ from bkup.agent.commits import Committer, Item
 from bkup.agent.progress import NullProgress, Progress
 from bkup.agent.scanner import ScanEntry, ScanReport, dirty_paths, resolve_roots, scan
 from bkup.agent.state import CachedEntry, StateCache
+from bkup.agent.uploads import BUFFER_BYTES, Aborted, Group, Uploader, put_or_abort
 from bkup.core.chunker import ensure_native, iter_chunks_fd
-from bkup.core.frames import HEADER_SIZE, encode_chunk
 from bkup.core.hashing import chunk_id, content_id
 from bkup.core.paths import fs_to_wire, is_under
 from bkup.core.patterns import Excludes
@@ -48,12 +49,9 @@ from bkup.errors import UsageError
 
 log = logging.getLogger("bkup.agent")
 
-BUFFER_BYTES = 32 * 1024 * 1024  # all raw chunks read but not yet uploaded, over every thread
-UPLOAD_BYTES = 32 * 1024 * 1024  # frame bytes in one upload request
 SEEN_BATCH = 5000
 LOOKUP_BATCH = 512  # scanned entries looked up in the state cache with one query
 READERS = 2  # threads that read, cut and hash (each takes whole work batches)
-UPLOADERS = 2  # threads that ask, compress and upload (each takes whole groups)
 WORK_FILES = 256  # files in one reader work batch...
 WORK_BYTES = 16 * 1024 * 1024  # ...or about this many bytes, whichever comes first
 
@@ -122,174 +120,6 @@ def chunk_file(fs_path: bytes, sink: Sink) -> FileContent:
     return FileContent(ids, before)
 
 
-# --- uploads ------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Group:
-    """New chunks and the entries read with them: uploaded together, then committable."""
-
-    chunks: dict[str, bytes] = field(default_factory=dict)
-    items: list[Item] = field(default_factory=list)
-    size: int = 0
-
-
-class _Aborted(Exception):
-    """Another pipeline thread failed; this one stops."""
-
-
-class Uploader:
-    """The run's chunk side: claims ids, bounds buffered bytes, and runs the upload threads.
-
-    Each chunk id is claimed by exactly one group per run (`claim`); entries
-    naming an id claimed elsewhere wait in the committer until that group is
-    done. `reserve`/`release` keep every buffered raw byte (in readers' open
-    groups, queued, or being uploaded) under `buffer_bytes`.
-    """
-
-    def __init__(
-        self,
-        api: ApiClient,
-        *,
-        level: int = 3,
-        buffer_bytes: int = BUFFER_BYTES,
-        upload_bytes: int = UPLOAD_BYTES,
-        threads: int = UPLOADERS,
-    ) -> None:
-        self.api = api
-        self.level = level
-        self.buffer_bytes = buffer_bytes
-        self.group_bytes = max(1, buffer_bytes // 4)
-        self.upload_bytes = upload_bytes
-        self.claimed: set[str] = set()
-        self.pending_bytes = 0
-        self.max_pending_bytes = 0
-        self.bytes_new = 0
-        self.bytes_uploaded = 0
-        self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
-        self._groups: queue.Queue[_Group | None] = queue.Queue(maxsize=threads)
-        self.done: queue.Queue[tuple[list[str], list[Item]]] = queue.Queue()  # to the committing thread
-        self.abort = threading.Event()
-        self.failure: BaseException | None = None
-        self._threads = [threading.Thread(target=self._work, name=f"bkup-upload-{i}", daemon=True) for i in range(threads)]
-        for t in self._threads:
-            t.start()
-
-    def claim(self, cid: str) -> bool:
-        """True if this caller is the first of the run to name `cid` (and so must upload or confirm it)."""
-        with self._lock:
-            if cid in self.claimed:
-                return False
-            self.claimed.add(cid)
-            return True
-
-    def forget(self, ids: list[str]) -> None:
-        """The server lacks these after all (a commit was refused): claim and ask again next time."""
-        with self._lock:
-            self.claimed.difference_update(ids)
-
-    def reserve(self, n: int, flush_own: Callable[[], None]) -> None:
-        """Wait until `n` more raw bytes fit in the buffer; `flush_own` submits the caller's open group first."""
-        with self._room:
-            if self.pending_bytes and self.pending_bytes + n > self.buffer_bytes:
-                self._room.release()
-                try:
-                    flush_own()  # never wait while holding an open group: that could deadlock the readers
-                finally:
-                    self._room.acquire()
-                while self.pending_bytes and self.pending_bytes + n > self.buffer_bytes:
-                    if self.abort.is_set():
-                        raise _Aborted()
-                    self._room.wait(0.1)
-            self.pending_bytes += n
-            self.max_pending_bytes = max(self.max_pending_bytes, self.pending_bytes)
-
-    def submit(self, group: _Group) -> None:
-        if not group.chunks:
-            self.done.put(([], group.items))
-            return
-        _put(self._groups, group, self.abort)
-
-    def close(self) -> None:
-        """Let the upload threads finish the queued groups and stop; raise what one of them failed with."""
-        for _ in self._threads:
-            _put(self._groups, None, self.abort)
-        for t in self._threads:
-            while t.is_alive():
-                t.join(0.1)
-                if self.abort.is_set():
-                    break
-        if self.failure is not None:
-            raise self.failure
-
-    def stop(self) -> None:
-        """Stop after the requests in flight (the run failed or is over)."""
-        self.abort.set()
-        for t in self._threads:
-            t.join()
-
-    def _work(self) -> None:
-        try:
-            while not self.abort.is_set():
-                try:
-                    group = self._groups.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if group is None:
-                    return
-                self._upload(group)
-                group = None  # its chunks are released: don't hold them while waiting for the next group
-        except BaseException as exc:  # handed to the committing thread, which raises it
-            with self._lock:
-                if self.failure is None:
-                    self.failure = exc
-            self.abort.set()
-
-    def _upload(self, group: _Group) -> None:
-        ids = list(group.chunks)
-        missing = set(self.api.missing(ids))
-        for cid in ids:
-            if cid not in missing:
-                del group.chunks[cid]  # present on the server: not needed any more
-        batch: list = []
-        batch_bytes = new = sent = 0
-        for cid in ids:
-            if cid not in missing:
-                continue
-            raw = group.chunks.pop(cid)  # the frame replaces it: free the raw bytes now, not after the upload
-            frame = encode_chunk(raw, level=self.level, chunk_id=cid)
-            new += len(raw)
-            del raw
-            size = HEADER_SIZE + len(frame.data)
-            if batch and batch_bytes + size > self.upload_bytes:
-                self.api.upload(batch)
-                sent += batch_bytes
-                batch, batch_bytes = [], 0
-            batch.append(frame)
-            batch_bytes += size
-        if batch:
-            self.api.upload(batch)
-            sent += batch_bytes
-        with self._room:
-            self.bytes_new += new
-            self.bytes_uploaded += sent
-            self.pending_bytes -= group.size
-            self._room.notify_all()
-        self.done.put((ids, group.items))
-
-
-def _put(q: queue.Queue, item: object, abort: threading.Event) -> None:
-    while True:
-        if abort.is_set():
-            raise _Aborted()
-        try:
-            q.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
 # --- reading ---------------------------------------------------------------------------------
 
 
@@ -314,7 +144,7 @@ class _Readers:
                 if batch is None:
                     return
                 self.run.read_batch(batch)
-        except _Aborted:
+        except Aborted:
             pass
         except BaseException as exc:
             with up._lock:
@@ -328,7 +158,7 @@ class _Readers:
 
     def close(self) -> None:
         for _ in self._threads:
-            _put(self.work, None, self.run.uploader.abort)
+            put_or_abort(self.work, None, self.run.uploader.abort)
         for t in self._threads:
             while t.is_alive():
                 t.join(0.1)
@@ -484,12 +314,12 @@ class _Run:
     # -- reader threads
 
     def read_batch(self, batch: list[ScanEntry]) -> None:
-        group = _Group()
+        group = Group()
 
         def flush() -> None:
             nonlocal group
             if group.chunks or group.items:
-                full, group = group, _Group()
+                full, group = group, Group()
                 self.uploader.submit(full)
 
         def sink(cid: str, raw: bytes) -> None:
@@ -508,7 +338,7 @@ class _Run:
 
         for e in batch:
             if self.uploader.abort.is_set():
-                raise _Aborted()
+                raise Aborted()
             item, scanned = self.read_file(e, lambda cid, raw: sink(cid, raw))
             with self._report_lock:
                 self._scanned += scanned
@@ -579,9 +409,9 @@ class _Run:
         again = Uploader(self.api, level=self.uploader.level, buffer_bytes=self.uploader.buffer_bytes, threads=1)
         try:
             for item in refused:
-                group = _Group()
+                group = Group()
 
-                def sink(cid: str, raw: bytes, group: _Group = group) -> None:
+                def sink(cid: str, raw: bytes, group: Group = group) -> None:
                     if cid not in group.chunks:
                         group.chunks[cid] = raw
                         group.size += len(raw)
