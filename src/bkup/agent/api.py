@@ -23,7 +23,7 @@ import msgspec
 
 import bkup
 from bkup import protocol
-from bkup.core.frames import Frame, FrameParser, end_marker, stream_header
+from bkup.core.frames import Frame, FrameParser, coalesce, end_marker, stream_header
 from bkup.errors import AuthError, BkupError, Conflict, Forbidden, NotFound, ServerError, UsageError
 
 log = logging.getLogger("bkup.agent")
@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 RETRY_STATUS = frozenset({502, 503, 504})
 DEFAULT_TIMEOUT = 120.0  # seconds without progress on one request (uploads of 32 MiB on slow links)
+UPLOAD_PIECE = 256 * 1024  # an upload body goes to httpx in pieces of this size, not two per frame
 
 
 class MissingChunksError(Conflict):
@@ -235,7 +236,8 @@ class ApiClient:
             size += sum(len(f.header()) + len(f.data) if isinstance(f, Frame) else len(f) for f in frames)
             headers["Content-Length"] = str(size)
         return self._call(
-            "POST", "/chunks", protocol.UploadResult, content=body, headers=headers, idempotent=replayable
+            "POST", "/chunks", protocol.UploadResult, content=lambda: coalesce(body(), UPLOAD_PIECE),
+            headers=headers, idempotent=replayable,
         )
 
     def read_chunks(self, client_id: int, ids: Sequence[str]) -> Iterator[Frame]:

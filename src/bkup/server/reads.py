@@ -6,35 +6,13 @@ import itertools
 from collections.abc import Iterator
 
 from bkup.catalog import queries
-from bkup.core.frames import Frame, end_marker, stream_header
+from bkup.core.frames import Frame, coalesce, end_marker, stream_header
 from bkup.core.hashing import is_chunk_id
 from bkup.core.pack import PackEntry
 from bkup.errors import NotFound, UsageError
 from bkup.protocol import MAX_IDS_PER_QUERY
 from bkup.server.context import ServerContext
 from bkup.server.principal import Principal, visible_client
-
-
-STREAM_PIECE = 1024 * 1024  # bytes per piece handed to the web framework
-
-
-def coalesce(pieces: Iterator[bytes], size: int = STREAM_PIECE) -> Iterator[bytes]:
-    """The same bytes, in pieces of at least `size` (but the last).
-
-    Litestar iterates a sync iterator with one thread hand-off per item; a
-    restore streams tens of thousands of small frames, and one hand-off each
-    cost more than reading them. Holds at most `size` plus one piece.
-    """
-    held: list[bytes] = []
-    n = 0
-    for piece in pieces:
-        held.append(piece)
-        n += len(piece)
-        if n >= size:
-            yield b"".join(held)
-            held, n = [], 0
-    if held:
-        yield b"".join(held)
 
 
 def check_ids(ids: list[str]) -> list[str]:
@@ -79,6 +57,7 @@ def read_chunks(ctx: ServerContext, principal: Principal, client_id: int, ids: l
     stream = frames()
     head = [next(stream)]
     head.extend(itertools.islice(stream, 1))
+    # Litestar iterates a sync iterator with one thread hand-off per item: hand it 1 MiB pieces.
     return coalesce(itertools.chain(head, stream))
 
 

@@ -9,7 +9,8 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream, Template
 
 from bkup.core import paths
-from bkup.server import accounts, browse, reads, runs
+from bkup.core.frames import coalesce
+from bkup.server import accounts, browse, runs
 from bkup.web import downloads, render
 from bkup.web.pages.common import Ctx, Me
 
@@ -35,7 +36,7 @@ def _stream(d: downloads.Download) -> Stream:
                "X-Content-Type-Options": "nosniff"}
     if d.size is not None:
         headers["Content-Length"] = str(d.size)
-    return Stream(reads.coalesce(d.body), media_type=d.media_type, headers=headers)
+    return Stream(coalesce(d.body), media_type=d.media_type, headers=headers)  # one thread hop per piece
 
 
 class BrowserPages(Controller):

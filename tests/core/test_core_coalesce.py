@@ -1,8 +1,8 @@
-"""Server-side stream pieces: what the web framework gets to send."""
+"""Stream pieces: what an HTTP library or the web framework gets to send."""
 
 from __future__ import annotations
 
-from bkup.server.reads import coalesce
+from bkup.core.frames import coalesce
 
 
 def test_coalesce_keeps_every_byte_in_order_in_few_large_pieces():
