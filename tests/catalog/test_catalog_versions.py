@@ -10,7 +10,7 @@ from catalog_kit import World, fake_chunk_id
 from sqlalchemy import event, func, select
 
 from bkup import protocol
-from bkup.catalog import queries
+from bkup.catalog import history, queries
 from bkup.catalog.db import Catalog
 from bkup.catalog.models import Content, Version
 from bkup.core import hashing
@@ -369,7 +369,13 @@ def test_queries_use_the_indexes(catalog: Catalog, world: World, setup) -> None:
             lambda: queries.list_under(s, client_id=client, user_id=user, path="/d3", run_seq=r1, after="/d3/3", limit=10, with_chunks=True),
         )
         one = _statements(catalog, lambda: queries.get_version(s, client, "/d3/1", r1))
-    plans = {name: _plan(catalog, *stmts[-1]) for name, stmts in [("children", children), ("current", current), ("under", under), ("one", one)]}
+        # A commit batch looks up 500 paths at a time: with no statistics SQLite once scanned every
+        # current version through (client_id, valid_to) instead (the catalog now hints the index).
+        many = _statements(catalog, lambda: queries._current_versions(s, client, [f"/d3/{i}" for i in range(100)] * 5))
+        opened = _statements(catalog, lambda: list(history.opened_by(s, client, user, r1)))
+        closed = _statements(catalog, lambda: history.closed_by(s, client, r1))
+    named = [("children", children), ("current", current), ("under", under), ("one", one), ("many", many), ("opened", opened), ("closed", closed)]
+    plans = {name: _plan(catalog, *stmts[-1]) for name, stmts in named}
     print(plans)
     if catalog.kind == "postgresql":
         assert "path = ANY" in plans["current"].split("Index Cond")[1]
@@ -381,3 +387,7 @@ def test_queries_use_the_indexes(catalog: Catalog, world: World, setup) -> None:
     if catalog.kind == "sqlite":
         # Paging reads the index in path order; one directory's children are sorted by name (small).
         assert "TEMP B-TREE" not in plans["under"] and "path>? AND path<?" in plans["under"]
+        assert "uq_versions_client_id_path_current" in plans["many"]
+        # What one run opened or closed, not every version of the client in path order.
+        assert "ix_versions_client_id_valid_from (client_id=? AND valid_from=?)" in plans["opened"]
+        assert "ix_versions_client_id_valid_to (client_id=? AND valid_to=?)" in plans["closed"]
