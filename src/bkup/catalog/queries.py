@@ -37,6 +37,12 @@ _packs: Table = Pack.__table__  # type: ignore[assignment]
 _runs: Table = Run.__table__  # type: ignore[assignment]
 _versions: Table = Version.__table__  # type: ignore[assignment]
 
+# Column orders of the bulk inserts (`_bulk_insert` takes rows as tuples).
+_CHUNK_COLS = ("user_id", "id", "pack_id", "offset", "length", "raw_len", "flags", "created_at", "last_seen")
+_CONTENT_COLS = ("user_id", "id", "size", "n_chunks", "chunk_ids", "created_at", "last_seen")
+_ENTRY_COLS = ("path", "parent", "name", "kind", "size", "mtime_ns", "mode", "uid", "gid", "content_id", "link_target")  # `_Pending.row`
+_VERSION_COLS = ("client_id", "valid_from", *_ENTRY_COLS)
+
 
 class MissingChunksError(Conflict):
     """A commit names chunks the server does not hold for the user (the API answers 409 with the list)."""
@@ -188,9 +194,6 @@ def record_pack(s: Session, user_id: int, pack_id: str, size: int, entries: Sequ
     return _bulk_insert(s, _chunks, _CHUNK_COLS, rows, skip_existing=True)
 
 
-_CHUNK_COLS = ("user_id", "id", "pack_id", "offset", "length", "raw_len", "flags", "created_at", "last_seen")
-
-
 def chunk_locations(s: Session, user_id: int, ids: Sequence[str]) -> dict[str, ChunkLocation]:
     """Where each of `ids` lives; ids the user does not hold are absent from the answer."""
     out: dict[str, ChunkLocation] = {}
@@ -251,10 +254,6 @@ def resolve_run(s: Session, client_id: int, *, run: int | None = None, at: datet
 # --- committing versions ------------------------------------------------------------
 
 _CURRENT_COLS = ("id", "path", "valid_from", *COMPARED_FIELDS)
-
-
-# The columns of `_Pending.row`, in its order.
-_ENTRY_COLS = ("path", "parent", "name", "kind", "size", "mtime_ns", "mode", "uid", "gid", "content_id", "link_target")
 
 
 @dataclass(slots=True)
@@ -394,10 +393,6 @@ def commit_entries(
         s.execute(update(_versions).where(_versions.c.id.in_(piece)).values(valid_to=run_seq))
     _bulk_insert(s, _versions, _VERSION_COLS, new_rows)
     return len(new_rows), unchanged
-
-
-_CONTENT_COLS = ("user_id", "id", "size", "n_chunks", "chunk_ids", "created_at", "last_seen")
-_VERSION_COLS = ("client_id", "valid_from", *_ENTRY_COLS)
 
 
 def close_paths(s: Session, *, client_id: int, run_seq: int, paths: Iterable[str]) -> int:
