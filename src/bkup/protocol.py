@@ -271,6 +271,17 @@ class VersionPage(Struct):
     next_after: str | None = None  # pass as `after` for the next page
 
 
+class TreeSummary(Struct):
+    """GET /clients/{id}/summary: what is at or under a path as of a run (a restore's totals)."""
+
+    run: int | None  # the run seq it is "as of" (None: no runs yet)
+    path: str
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0  # of the files
+
+
 class Tree(Struct):
     """GET /clients/{id}/tree: the children of one directory as of a run."""
 

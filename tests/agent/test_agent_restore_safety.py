@@ -55,6 +55,11 @@ class FakeServer:
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
+        if path.endswith("/summary"):
+            kinds = [e["kind"] for e in self.entries]
+            size = sum(e["size"] for e in self.entries if e["kind"] == "file")
+            return httpx.Response(200, json={"run": 1, "path": request.url.params.get("path", "/"), "files": kinds.count("file"),
+                                             "dirs": kinds.count("dir"), "symlinks": kinds.count("symlink"), "bytes": size})
         if path.endswith("/files"):
             entries = self.entries
             if request.url.params.get("chunks") != "true":
@@ -245,4 +250,20 @@ def test_modes_times_and_directories_come_back(fake, box):
 def test_an_empty_listing_is_not_found(fake, box):
     with pytest.raises(NotFound, match="/nothing"):
         restore_tree(fake.api(), 1, box[0], subpath="/nothing")
+    assert not box[0].exists()
+
+
+def test_a_summary_that_promises_entries_the_listing_lacks_is_not_found(fake, box, monkeypatch):
+    fake.file("/f", b"data")
+    monkeypatch.setattr(fake, "entries", [])  # the listing comes back empty after the summary counted /f
+    handler = fake.handler
+
+    def lying(request):
+        if request.url.path.endswith("/summary"):
+            return httpx.Response(200, json={"run": 1, "path": "/", "files": 1, "dirs": 0, "symlinks": 0, "bytes": 4})
+        return handler(request)
+
+    monkeypatch.setattr(fake, "handler", lying)
+    with pytest.raises(NotFound, match="not in run 1"):
+        restore_tree(fake.api(), 1, box[0])
     assert not box[0].exists()

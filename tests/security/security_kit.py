@@ -76,6 +76,7 @@ MATRIX: tuple[Row, ...] = (
     Row("POST", "/clients/{client_id:int}/token", "owner / admin", _OWNER_ADMIN),
     Row("GET", "/clients/{client_id:int}/runs", "owner / admin / its agent", _OWNER_ADMIN_AGENT),
     Row("GET", "/clients/{client_id:int}/tree", "owner / admin / its agent", _OWNER_ADMIN_AGENT),
+    Row("GET", "/clients/{client_id:int}/summary", "owner / admin / its agent", _OWNER_ADMIN_AGENT),
     Row("GET", "/clients/{client_id:int}/files", "owner / admin / its agent", _OWNER_ADMIN_AGENT),
     Row("GET", "/clients/{client_id:int}/history", "owner / admin / its agent", _OWNER_ADMIN_AGENT),
     Row("GET", "/clients/{client_id:int}/status", "owner / admin / its agent", _OWNER_ADMIN_AGENT),

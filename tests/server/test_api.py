@@ -228,6 +228,42 @@ def test_versions_change_and_as_of(http, alice):
     assert http.get(f"{API}/clients/{alice.client_id}/tree", params={"path": "/a/../b"}, headers=alice.auth).status_code == 400
 
 
+def test_summary_counts_what_a_restore_of_the_path_would_write(http, alice):
+    def summary(**params):
+        r = http.get(f"{API}/clients/{alice.client_id}/summary", params=params, headers=alice.agent)
+        assert r.status_code == 200, r.text
+        return {k: r.json()[k] for k in ("run", "files", "dirs", "symlinks", "bytes")}
+
+    assert summary() == {"run": None, "files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}  # no runs yet
+    a, b = data(3000, 11), data(500, 12)
+    upload(http, alice, [a, b])
+    run = start_run(http, alice)
+    entries = [
+        {"path": "/srv", "kind": "dir"},
+        {"path": "/srv/d", "kind": "dir"},
+        file_entry("/srv/d/a", [a, b]),
+        file_entry("/srv/d0", [b]),  # sorts right after "/srv/d/...": not under /srv/d
+        {"path": "/srv/d/l", "kind": "symlink", "link_target": "a"},
+        file_entry("/top", [a]),
+    ]
+    assert http.post(f"{API}/runs/{run['id']}/versions", json={"entries": entries}, headers=alice.agent).status_code == 200
+    http.post(f"{API}/runs/{run['id']}/finish", json={"status": "ok", "stats": {}}, headers=alice.agent)
+    r2 = start_run(http, alice)
+    assert http.post(f"{API}/runs/{r2['id']}/deletions", json={"paths": ["/top"]}, headers=alice.agent).json() == {"closed": 1}
+    http.post(f"{API}/runs/{r2['id']}/finish", json={"status": "ok", "stats": {}}, headers=alice.agent)
+
+    assert summary() == {"run": 2, "files": 2, "dirs": 2, "symlinks": 1, "bytes": 3500 + 500}
+    assert summary(run=1) == {"run": 1, "files": 3, "dirs": 2, "symlinks": 1, "bytes": 3500 + 500 + 3000}
+    assert summary(path="/srv/d") == {"run": 2, "files": 1, "dirs": 1, "symlinks": 1, "bytes": 3500}
+    assert summary(path="/srv/d/a") == {"run": 2, "files": 1, "dirs": 0, "symlinks": 0, "bytes": 3500}
+    assert summary(path="/top") == {"run": 2, "files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
+    # The same totals as the listing it stands for.
+    listed = http.get(f"{API}/clients/{alice.client_id}/files", params={"path": "/srv", "run": 1}, headers=alice.agent).json()["entries"]
+    assert sum(e["size"] for e in listed if e["kind"] == "file") == summary(path="/srv", run=1)["bytes"]
+    assert http.get(f"{API}/clients/{alice.client_id}/summary", params={"path": "/a/../b"}, headers=alice.auth).status_code == 400
+    assert http.get(f"{API}/clients/{alice.client_id}/summary", params={"run": 9}, headers=alice.auth).status_code == 404
+
+
 def test_finished_runs_accept_no_more_versions(http, alice):
     run = start_run(http, alice)
     http.post(f"{API}/runs/{run['id']}/finish", json={"status": "ok", "stats": {}}, headers=alice.agent)

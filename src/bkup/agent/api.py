@@ -265,6 +265,10 @@ class ApiClient:
         params = _params(path=path, run=run, at=at)
         return self._call("GET", f"/clients/{client_id}/tree", protocol.Tree, params=params)
 
+    def summary(self, client_id: int, path: str = "/", *, run: int | None = None, at: str | None = None) -> protocol.TreeSummary:
+        params = _params(path=path, run=run, at=at)
+        return self._call("GET", f"/clients/{client_id}/summary", protocol.TreeSummary, params=params)
+
     def files_page(
         self,
         client_id: int,

@@ -42,7 +42,7 @@ from bkup.errors import Conflict, NotFound, ServerError, UsageError
 
 FETCH_BYTES = 16 * 1024 * 1024  # estimated raw bytes per chunk-read request
 BATCH_FILES = 2048  # files in one batch at most (many empty or identical files need few or no chunk ids)
-WRITERS = 4  # threads creating and writing files: creating many small files scales with threads
+WRITERS = 2  # threads creating and writing files (docs/performance.md: more threads fight over the GIL)
 DIR_FD_CACHE = 64
 _FILE_COST = 64 * 1024  # creating, closing and renaming a file, counted as this many bytes written when slicing a batch
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -216,6 +216,7 @@ class _FileJob:
     parts: list[bytes]
     chunks: list[str]
     parent_fd: int = -1
+    owns_parent: bool = False  # parent_fd is the job's own (a file written over several batches), else its writer's
     fd: int = -1
     tmp: bytes = b""
     written: int = 0
@@ -223,6 +224,31 @@ class _FileJob:
 
 
 _Piece = tuple[_FileJob, int, int]  # chunks [start, end) of a file, in one batch
+
+
+class _Here:
+    """A writer's current directory, kept open across consecutive files of one slice.
+
+    The files of a directory are contiguous in a batch, so most files need no
+    directory lookup and no fd of their own: two system calls fewer per file.
+    """
+
+    def __init__(self, dirs: _Dirs) -> None:
+        self.dirs = dirs
+        self.key: list[bytes] | None = None
+        self.fd = -1
+
+    def open(self, parts: list[bytes]) -> int:
+        if parts != self.key:
+            self.close()
+            self.fd = self.dirs.open(parts)
+            self.key = parts
+        return self.fd
+
+    def close(self) -> None:
+        fd, self.fd, self.key = self.fd, -1, None
+        if fd >= 0:
+            os.close(fd)
 
 
 @dataclass
@@ -395,20 +421,25 @@ class _Restorer:
 
     def _write_slice(self, pieces: list[_Piece], got: dict[str, bytes], reasons: dict[str, str], tally: _Tally) -> None:
         """One writer's share of a batch, in batch order (runs in a writer thread)."""
+        here = _Here(self.dirs)
         try:
             for job, start, end in pieces:
                 if self._stop.is_set():
                     return
-                self._write(job, got, reasons, start, end, tally)
+                self._write(job, got, reasons, start, end, tally, here)
         except BaseException:
             self._stop.set()  # the other writers stop too; the main thread re-raises this at the barrier
             raise
+        finally:
+            here.close()
 
-    def _write(self, job: _FileJob, got: dict[str, bytes], reasons: dict[str, str], start: int, end: int, tally: _Tally) -> None:
+    def _write(
+        self, job: _FileJob, got: dict[str, bytes], reasons: dict[str, str], start: int, end: int, tally: _Tally, here: _Here
+    ) -> None:
         """Write chunks [start, end) of a file; the last piece puts the file in place."""
         try:
             if job.fd < 0:
-                self._start(job)
+                self._start(job, here, whole=end == len(job.chunks))
             for cid in job.chunks[start:end]:
                 raw = got.get(cid)
                 if raw is None:
@@ -422,6 +453,9 @@ class _Restorer:
             self._fail(job, str(exc), tally)
         except OSError as exc:
             self._fail(job, f"{job.v.path!r:.300}: {exc.strerror or exc}", tally)
+        except BaseException:
+            self._close(job)  # its temp file goes now, while the directory fd it may borrow is still open
+            raise
 
     def _fetch(self, ids: list[str]) -> tuple[dict[str, bytes], dict[str, str]]:
         """Verified plaintext of as many of `ids` as the server gives, and why the others are absent."""
@@ -463,8 +497,13 @@ class _Restorer:
             except FrameError as exc:
                 reasons[frame.id] = f"failed verification ({exc})"
 
-    def _start(self, job: _FileJob) -> None:
-        job.parent_fd = self.dirs.open(job.parts[:-1])
+    def _start(self, job: _FileJob, here: _Here, *, whole: bool) -> None:
+        """Create the file's temp file; a file written in one piece borrows its writer's directory fd."""
+        if whole:
+            job.parent_fd = here.open(job.parts[:-1])
+        else:  # later pieces come in later batches, maybe to another writer: the job keeps an fd of its own
+            job.parent_fd = self.dirs.open(job.parts[:-1])
+            job.owns_parent = True
         with self._jobs_lock:
             self.open_jobs.add(job)
         job.tmp = b"%s%d" % (self._tmp_prefix, next(self._tmp_seq))  # O_EXCL: never an existing file
@@ -503,7 +542,7 @@ class _Restorer:
                 os.unlink(job.tmp, dir_fd=job.parent_fd)
             job.tmp = b""
         fd, job.parent_fd = job.parent_fd, -1
-        if fd >= 0:
+        if fd >= 0 and job.owns_parent:
             with suppress(OSError):
                 os.close(fd)
         with self._jobs_lock:
@@ -616,30 +655,31 @@ def restore_tree(
     progress = progress or NullProgress()
     _check_target(target, overwrite)
 
-    # A first pass without chunk lists: totals for the progress bar, and the run, pinned for the second.
-    seq: int | None = None
-    entries = files = size = 0
-    for page in api.files(client_id, subpath, run=run, at=at):
-        seq = page.run
-        if seq is None:
-            raise NotFound("no backup at or before that time" if at else "this client has no backups yet")
-        entries += len(page.entries)
-        for v in page.entries:
-            if v.kind == "file":
-                files += 1
-                size += v.size
-    if not entries:
+    # The totals for the progress bar (counted by the server), and the run, pinned for the listing.
+    summary = api.summary(client_id, subpath, run=run, at=at)
+    seq = summary.run
+    if seq is None:
+        raise NotFound("no backup at or before that time" if at else "this client has no backups yet")
+    if not (summary.files or summary.dirs or summary.symlinks):
         raise NotFound(f"{subpath} is not in run {seq}")
 
+    made_target = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     restorer = _Restorer(api, client_id, root_fd, subpath, overwrite, progress)
     restorer.result.run = seq
-    progress.start(f"restore run {seq}", total_files=files, total_bytes=size)
+    progress.start(f"restore run {seq}", total_files=summary.files, total_bytes=summary.bytes)
+    listed = 0
     try:
         for page in api.files(client_id, subpath, run=seq, chunks=True):
+            listed += len(page.entries)
             for v in page.entries:
                 restorer.add(v)
+        if not listed:  # the listing disagrees with the summary: nothing was written
+            if made_target:
+                with suppress(OSError):
+                    target.rmdir()
+            raise NotFound(f"{subpath} is not in run {seq}")
         restorer.drain()
         restorer.make_symlinks()
         restorer.set_dir_meta()

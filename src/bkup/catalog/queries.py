@@ -476,18 +476,43 @@ def list_under(
     rows: list[Any] = []
     if after is None or after < path:
         rows += s.execute(base.where(_versions.c.path == path)).all()
-    # Below "/P" means in ("/P/", "/P0"), "0" being the character after "/" (no
-    # stored path is "/P/" itself): a byte-order range rather than LIKE, so exact (no
-    # wildcards to escape; SQLite's LIKE ignores ASCII case) and an index range scan.
+    q = base.where(*_below(path, after)).order_by(_versions.c.path).limit(limit - len(rows))
+    rows += s.execute(q).all()
+    return [(r, split_chunk_ids(r.chunk_ids) if r.kind == "file" and r.chunk_ids is not None else None) for r in rows]
+
+
+def _below(path: str, after: str | None = None) -> list[ColumnElement[bool]]:
+    """The versions' paths strictly below `path` (and after `after`).
+
+    Below "/P" means in ("/P/", "/P0"), "0" being the character after "/" (no
+    stored path is "/P/" itself): a byte-order range rather than LIKE, so exact (no
+    wildcards to escape; SQLite's LIKE ignores ASCII case) and an index range scan.
+    """
     lower = path if path == core_paths.ROOT else path + "/"
     if after is not None and after > lower:
         lower = after
     conds = [_versions.c.path > lower]
     if path != core_paths.ROOT:
         conds.append(_versions.c.path < path + "0")
-    q = base.where(*conds).order_by(_versions.c.path).limit(limit - len(rows))
-    rows += s.execute(q).all()
-    return [(r, split_chunk_ids(r.chunk_ids) if r.kind == "file" and r.chunk_ids is not None else None) for r in rows]
+    return conds
+
+
+def summarize_under(s: Session, *, client_id: int, path: str, run_seq: int) -> dict[str, tuple[int, int]]:
+    """Per kind, how many versions are at or under `path` as of run `run_seq`, and their bytes.
+
+    Aggregates in the database (`path` itself, then the subtree's range, like
+    `list_under`): a restore's totals without listing every version.
+    """
+    path = _normalize(path)
+    base = select(_versions.c.kind, func.count(), func.coalesce(func.sum(_versions.c.size), 0)).where(
+        _versions.c.client_id == client_id, as_of(run_seq)
+    )
+    totals: dict[str, tuple[int, int]] = {}
+    for where in ([_versions.c.path == path], _below(path)):
+        for kind, n, size in s.execute(base.where(*where).group_by(_versions.c.kind)).all():
+            had_n, had_size = totals.get(kind, (0, 0))
+            totals[kind] = (had_n + int(n), had_size + int(size))
+    return totals
 
 
 def history(s: Session, client_id: int, path: str) -> list[Version]:

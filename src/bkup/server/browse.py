@@ -91,6 +91,24 @@ def files(
         )
 
 
+def summary(ctx: ServerContext, principal: Principal, client_id: int, path: str | None, run: int | None, at: str | None) -> protocol.TreeSummary:
+    path = _path(path)
+    with ctx.catalog.session() as s:
+        visible_client(s, principal, client_id)
+        seq = queries.resolve_run(s, client_id, run=run, at=parse_at(at))
+        if seq is None:
+            return protocol.TreeSummary(run=None, path=path)
+        totals = queries.summarize_under(s, client_id=client_id, path=path, run_seq=seq)
+        return protocol.TreeSummary(
+            run=seq,
+            path=path,
+            files=totals.get("file", (0, 0))[0],
+            dirs=totals.get("dir", (0, 0))[0],
+            symlinks=totals.get("symlink", (0, 0))[0],
+            bytes=totals.get("file", (0, 0))[1],
+        )
+
+
 def history(ctx: ServerContext, principal: Principal, client_id: int, path: str | None) -> protocol.History:
     path = _path(path)
     with ctx.catalog.session() as s:

@@ -48,6 +48,10 @@ class ClientController(Controller):
     def tree(self, client_id: FromPath[int], ctx: Ctx, principal: Caller, path: PathQ = "/", run: RunQ = None, at: AtQ = None) -> protocol.Tree:
         return browse.tree(ctx, principal, client_id, path, run, at)
 
+    @get("/{client_id:int}/summary", sync_to_thread=True)
+    def summary(self, client_id: FromPath[int], ctx: Ctx, principal: Caller, path: PathQ = "/", run: RunQ = None, at: AtQ = None) -> protocol.TreeSummary:
+        return browse.summary(ctx, principal, client_id, path, run, at)
+
     @get("/{client_id:int}/files", sync_to_thread=True)
     def files(
         self, client_id: FromPath[int], ctx: Ctx, principal: Caller,
