@@ -20,7 +20,7 @@ from sqlalchemy import Table, and_, bindparam, delete, exists, func, select, upd
 from sqlmodel import Session
 
 from bkup.catalog.models import Chunk, Client, Content, Pack, Run, Version
-from bkup.catalog.queries import IN_PIECE, ChunkLocation, _pieces
+from bkup.catalog.queries import IN_PIECE, ChunkLocation, _driver_value, _pieces, _rows_by_ids
 
 _chunks: Table = Chunk.__table__  # type: ignore[assignment]
 _contents: Table = Content.__table__  # type: ignore[assignment]
@@ -46,18 +46,13 @@ def touch(
     caller then relies on them for at most grace − refresh, far more than any
     request takes.
     """
-    stale_before = now - refresh
     n = 0
     for table, ids in ((_chunks, chunk_ids), (_contents, content_ids)):
+        stale_before = _driver_value(s, table, "last_seen", now - refresh)
+        # Locked in id order (PostgreSQL), like GC's repoint: no lock cycles between them.
+        sql = f"SELECT id FROM {table.name} WHERE user_id = {{m}} AND last_seen < {{m}} AND id IN ({{ids}}) ORDER BY id"
         for piece in _pieces(list(dict.fromkeys(ids))):
-            # Locked in id order (PostgreSQL), like GC's repoint: no lock cycles between them.
-            q = (
-                select(table.c.id)
-                .where(table.c.user_id == user_id, table.c.id.in_(piece), table.c.last_seen < stale_before)
-                .order_by(table.c.id)
-                .with_for_update()
-            )
-            stale = list(s.scalars(q))
+            stale = [row[0] for row in _rows_by_ids(s, sql, piece, user_id, stale_before, for_update=True)]
             if stale:
                 n += s.execute(
                     update(table).where(table.c.user_id == user_id, table.c.id.in_(stale)).values(last_seen=now)

@@ -112,6 +112,27 @@ def _bulk_insert(s: Session, table: Table, columns: Sequence[str], rows: Sequenc
     return max(result.rowcount, 0)
 
 
+def _rows_by_ids(s: Session, sql: str, ids: Sequence[Any], *params: Any, for_update: bool = False) -> Iterator[tuple[Any, ...]]:
+    """The rows of `sql` for every piece of `ids`, as the driver's plain tuples, in the session's transaction.
+
+    `sql` marks its parameters `{m}` (bound from `params`, driver values) and
+    the id list `{ids}`. A commit and a missing-query look up thousands of
+    ids: SQLAlchemy's expanding IN parameters and row objects cost more than
+    SQLite's lookups (like `_bulk_insert`). `for_update` locks the rows on
+    PostgreSQL (SQLite has one writer anyway).
+    """
+    conn = s.connection()
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    lock = " FOR UPDATE" if for_update and conn.dialect.name == "postgresql" else ""
+    cursor = conn.connection.cursor()
+    try:
+        for piece in _pieces(ids):
+            cursor.execute(sql.format(m=mark, ids=", ".join([mark] * len(piece))) + lock, (*params, *piece))
+            yield from cursor.fetchall()
+    finally:
+        cursor.close()
+
+
 def _driver_value(s: Session, table: Table, column: str, value: Any) -> Any:
     """`value` as the column's type hands it to the driver (e.g. a UTC datetime as SQLite text)."""
     dialect = s.get_bind().dialect
@@ -152,13 +173,7 @@ def as_of(run_seq: int) -> ColumnElement[bool]:
 
 
 def _chunk_raw_lens(s: Session, user_id: int, ids: Sequence[str]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for piece in _pieces(ids):
-        rows = s.execute(
-            select(_chunks.c.id, _chunks.c.raw_len).where(_chunks.c.user_id == user_id, _chunks.c.id.in_(piece))
-        )
-        found.update((r[0], r[1]) for r in rows)
-    return found
+    return dict(_rows_by_ids(s, "SELECT id, raw_len FROM chunks WHERE user_id = {m} AND id IN ({ids})", ids, user_id))
 
 
 def missing_chunks(s: Session, user_id: int, ids: Sequence[str]) -> list[str]:
