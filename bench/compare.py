@@ -19,7 +19,11 @@ restic with a local repository (RESTIC_PASSWORD, default compression), borg
 with a local repository (`borg init -e repokey`, default compression lz4).
 Peak RSS is each process's VmHWM polled from /proc (the bkup server's is
 reset before each phase). Repository bytes: the restic/borg repository
-folder; for bkup, storage plus the SQLite catalog. Prints medians, writes
+folder; for bkup, storage plus the SQLite catalog. Also shown apart: the
+repository without any local index (bkup: storage alone, from which the
+catalog can be rebuilt) and the local index (bkup: the catalog; restic: its
+cache of index and tree blobs; borg: its cache and security folders, under
+BORG_BASE_DIR). Prints medians, writes
 every measurement to WORK/compare-results.json. Restored trees are removed
 only at the very end (deleting tens of thousands of files slows file
 creation here for minutes).
@@ -84,6 +88,10 @@ class Tool:
     def backup(self, src: Path, n: int) -> Measured: ...
     def restore(self, target: Path) -> Measured: ...
     def repo_bytes(self) -> int: ...
+    def storage_bytes(self) -> int:
+        """The repository without the tool's local index or cache."""
+        return self.repo_bytes()
+    def index_bytes(self) -> int: ...
     def teardown(self) -> None: ...
     def server_peak(self, m: Measured) -> float | None:
         return None
@@ -104,6 +112,12 @@ class Bkup(Tool):
 
     def repo_bytes(self) -> int:
         return self.server.repo_bytes()
+
+    def storage_bytes(self) -> int:
+        return self.server.storage_bytes()
+
+    def index_bytes(self) -> int:
+        return self.server.catalog_bytes()
 
     def teardown(self) -> None:
         self.server.stop()
@@ -129,6 +143,9 @@ class Restic(Tool):
     def repo_bytes(self) -> int:
         return dir_bytes(self.repo)
 
+    def index_bytes(self) -> int:
+        return dir_bytes(self.base / "restic-cache")
+
 
 class Borg(Tool):
     name = "borg"
@@ -147,6 +164,9 @@ class Borg(Tool):
 
     def repo_bytes(self) -> int:
         return dir_bytes(self.repo)
+
+    def index_bytes(self) -> int:
+        return dir_bytes(self.base / "borg-base")
 
 
 TOOL_CLASSES = {"bkup": Bkup, "restic": Restic, "borg": Borg}
@@ -170,6 +190,8 @@ def one_run(tool_name: str, dataset: str, data: Path, base: Path) -> dict:
             out[phase] = {"wall": m.wall, "peak_mb": m.peak_mb, "server_peak_mb": tool.server_peak(m), "added": size - size0}
             size0 = size
         out["repo_bytes"] = size0
+        out["storage_bytes"] = tool.storage_bytes()
+        out["index_bytes"] = tool.index_bytes()
         target = base / "restore"
         m = tool.restore(target)
         out["restore"] = {"wall": m.wall, "peak_mb": m.peak_mb, "server_peak_mb": tool.server_peak(m), "added": 0}
@@ -213,6 +235,9 @@ def table(results: dict, tools: list[str]) -> str:
         for phase in ("initial", "modified"):
             rows.append((f"bytes added, {phase}", {t: med(phase_vals(t, phase, "added")) for t in tools}, mib))
         rows.append(("repository after both versions", {t: med([r["repo_bytes"] for r in per_tool.get(t, [])]) for t in tools}, mib))
+        if all("storage_bytes" in r for t in tools for r in per_tool.get(t, [])):
+            rows.append(("repository without local index", {t: med([r["storage_bytes"] for r in per_tool.get(t, [])]) for t in tools}, mib))
+            rows.append(("local index (bkup catalog; restic, borg cache)", {t: med([r["index_bytes"] for r in per_tool.get(t, [])]) for t in tools}, mib))
         rows.append(("peak RSS, backup (MB)", {t: max([max(phase_vals(t, p, "peak_mb") or [0]) for p in PHASES[:3]]) for t in tools}, lambda v: f"{v:.0f}"))
         rows.append(("peak RSS, restore (MB)", {t: max(phase_vals(t, "restore", "peak_mb") or [0]) for t in tools}, lambda v: f"{v:.0f}"))
         for label, vals, fmt in rows:

@@ -169,8 +169,16 @@ class BkupServer:
                                       "--target", str(target)), env=self.env, server_pid=self.pid)
 
     def repo_bytes(self) -> int:
-        """Storage (packs, manifests, keys) plus the catalog database: what a restic repository holds."""
-        return dir_bytes(self.storage) + dir_bytes(Path(self.env["BKUP_DATA_DIR"]), suffixes=(".db", ".db-wal", ".sqlite", ".sqlite-wal"))
+        """Storage (packs, manifests, keys) plus the catalog database."""
+        return self.storage_bytes() + self.catalog_bytes()
+
+    def storage_bytes(self) -> int:
+        """Packs, run manifests and keys: all a restore or a catalog rebuild needs."""
+        return dir_bytes(self.storage)
+
+    def catalog_bytes(self) -> int:
+        """The SQLite catalog (with its WAL): the server's index of storage, rebuildable from it."""
+        return dir_bytes(Path(self.env["BKUP_DATA_DIR"]), suffixes=(".db", ".db-wal", ".sqlite", ".sqlite-wal"))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
