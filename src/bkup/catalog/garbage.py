@@ -51,12 +51,11 @@ def touch(
         stale_before = _driver_value(s, table, "last_seen", now - refresh)
         # Locked in id order (PostgreSQL), like GC's repoint: no lock cycles between them.
         sql = f"SELECT id FROM {table.name} WHERE user_id = {{m}} AND last_seen < {{m}} AND id IN ({{ids}}) ORDER BY id"
-        for piece in _pieces(list(dict.fromkeys(ids))):
-            stale = [row[0] for row in _rows_by_ids(s, sql, piece, user_id, stale_before, for_update=True)]
-            if stale:
-                n += s.execute(
-                    update(table).where(table.c.user_id == user_id, table.c.id.in_(stale)).values(last_seen=now)
-                ).rowcount
+        stale = [row[0] for row in _rows_by_ids(s, sql, list(dict.fromkeys(ids)), user_id, stale_before, for_update=True)]
+        for piece in _pieces(stale):
+            n += s.execute(
+                update(table).where(table.c.user_id == user_id, table.c.id.in_(piece)).values(last_seen=now)
+            ).rowcount
     return n
 
 
