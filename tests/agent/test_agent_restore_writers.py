@@ -12,6 +12,7 @@ from agent_helpers import backup, rand, restored, snapshot
 from test_agent_restore_safety import FakeServer, no_temp_files
 
 from bkup.agent import restore as restore_mod
+from bkup.agent import targetdir
 from bkup.agent.restore import restore_tree
 from bkup.errors import ServerError
 
@@ -28,7 +29,7 @@ def small_batches(monkeypatch) -> None:
     """Batches of about five 1000-byte chunks and at most 16 files, and a dir-fd cache of 4: many hand-offs and evictions."""
     monkeypatch.setattr(restore_mod, "FETCH_BYTES", 5000)
     monkeypatch.setattr(restore_mod, "BATCH_FILES", 16)
-    monkeypatch.setattr(restore_mod, "DIR_FD_CACHE", 4)
+    monkeypatch.setattr(targetdir, "DIR_FD_CACHE", 4)
 
 
 @pytest.fixture
@@ -197,7 +198,7 @@ def test_a_real_tree_round_trips_through_small_batches(api, account, state_dir, 
 
     monkeypatch.setattr(restore_mod, "FETCH_BYTES", 256 * 1024)
     monkeypatch.setattr(restore_mod, "BATCH_FILES", 32)
-    monkeypatch.setattr(restore_mod, "DIR_FD_CACHE", 4)
+    monkeypatch.setattr(targetdir, "DIR_FD_CACHE", 4)
     target = tmp_path / "restore"
     result = restore_tree(api, account.client_id, target)
     assert result.errors == [] and result.files == 303

@@ -2,8 +2,9 @@
 
 Nothing the server says is trusted (DESIGN §6): every path is validated with
 `bkup.core.paths` (refused entries become errors, the rest continues), all
-file system work happens relative to directory fds opened with O_NOFOLLOW, so
-no existing symlink inside the target is ever followed, and symlinks from the
+file system work happens relative to directory fds opened with O_NOFOLLOW
+(`agent.targetdir`), so no existing symlink inside the target is ever
+followed, and symlinks from the
 backup are created last, after every file and directory, so nothing is ever
 written through one. Every chunk is checked (BLAKE3 and length) before it is
 written; a file with a bad or missing chunk is reported and left out (its temp
@@ -19,13 +20,11 @@ one is fully written (so a file spanning batches gets its pieces in order).
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 import secrets
 import stat
 import threading
-from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -35,17 +34,16 @@ from pathlib import Path
 from bkup import protocol
 from bkup.agent.api import ApiClient
 from bkup.agent.progress import NullProgress, Progress
+from bkup.agent.targetdir import CurrentDir, Refused, TargetDirs, fs_parts
 from bkup.core.frames import FrameError, decode_frame
 from bkup.core.hashing import content_id, is_chunk_id
-from bkup.core.paths import UnsafePath, is_under, normalize, parent_of, relative_parts, wire_to_fs
+from bkup.core.paths import UnsafePath, is_under, normalize, parent_of, wire_to_fs
 from bkup.errors import Conflict, NotFound, ServerError, UsageError
 
 FETCH_BYTES = 16 * 1024 * 1024  # estimated raw bytes per chunk-read request
 BATCH_FILES = 2048  # files in one batch at most (many empty or identical files need few or no chunk ids)
 WRITERS = 2  # threads creating and writing files (docs/performance.md: more threads fight over the GIL)
-DIR_FD_CACHE = 64
 _FILE_COST = 64 * 1024  # creating, closing and renaming a file, counted as this many bytes written when slicing a batch
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -56,10 +54,6 @@ class RestoreResult:
     symlinks: int = 0
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
-
-
-class _Refused(Exception):
-    """One entry cannot be restored safely; the message says why."""
 
 
 # --- "as of" ------------------------------------------------------------------------------
@@ -107,99 +101,6 @@ def list_entries(
     return protocol.Tree(run=tree.run, path=path, entries=[] if match[0].kind == "dir" else match)
 
 
-# --- directories under the target -----------------------------------------------------------
-
-
-def _fs_parts(path: str, base: str) -> list[bytes]:
-    try:
-        parts = [wire_to_fs(p) for p in relative_parts(path, base)]
-    except UnsafePath as exc:
-        raise _Refused(f"refusing unsafe path {path!r:.300}: {exc}") from None
-    for p in parts:  # relative_parts and wire_to_fs already ensure this; restore depends on it
-        if p in (b"", b".", b"..") or b"/" in p or b"\0" in p:
-            raise _Refused(f"refusing unsafe path {path!r:.300}")
-    return parts
-
-
-class _Dirs:
-    """Directories under the target, reached component by component without following symlinks.
-
-    Thread-safe. The cache of open directory fds is used under a lock; the
-    directories missing from it are opened (and made) outside the lock, each
-    thread walking with fds of its own (dups), so an fd evicted from the cache
-    by one thread is never one another thread is still using.
-    """
-
-    def __init__(self, root_fd: int, overwrite: bool) -> None:
-        self.root_fd = root_fd
-        self.overwrite = overwrite
-        self._cache: OrderedDict[tuple[bytes, ...], int] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def open(self, parts: list[bytes] | tuple[bytes, ...], *, create: bool = True) -> int:
-        """A new fd (the caller closes it) of the directory TARGET/parts, made if missing and `create`."""
-        key = tuple(parts)
-        with self._lock:
-            depth = len(key)
-            while depth and key[:depth] not in self._cache:
-                depth -= 1
-            if depth and depth == len(key):
-                self._cache.move_to_end(key)
-            fd = os.dup(self._cache[key[:depth]] if depth else self.root_fd)
-        try:
-            for i in range(depth, len(key)):
-                sub = self._step(fd, key[i], create, key[: i + 1])
-                os.close(fd)
-                fd = sub
-                self._remember(key[: i + 1], fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _step(self, fd: int, name: bytes, create: bool, where: tuple[bytes, ...]) -> int:
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=fd)
-        except FileNotFoundError:
-            if not create:
-                raise _Refused(f"{_show(where)}: directory is missing") from None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                raise _Refused(f"{_show(where)}: cannot open directory: {exc.strerror}") from None
-            if not self.overwrite:
-                raise _Refused(f"{_show(where)}: exists and is not a directory") from None
-            # A file or symlink in the way: remove it, never follow it (another thread may have done so already).
-            with suppress(FileNotFoundError, IsADirectoryError):
-                os.unlink(name, dir_fd=fd)
-        with suppress(FileExistsError):  # e.g. made by another thread meanwhile
-            os.mkdir(name, 0o700, dir_fd=fd)
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=fd)
-        except OSError as exc:
-            raise _Refused(f"{_show(where)}: cannot create directory: {exc.strerror}") from None
-
-    def _remember(self, key: tuple[bytes, ...], fd: int) -> None:
-        """Cache a dup of `fd` (unless another thread just did), closing the least recently used beyond DIR_FD_CACHE."""
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return
-            self._cache[key] = os.dup(fd)
-            if len(self._cache) > DIR_FD_CACHE:
-                _, old = self._cache.popitem(last=False)
-                os.close(old)
-
-    def close(self) -> None:
-        with self._lock:
-            for fd in self._cache.values():
-                os.close(fd)
-            self._cache.clear()
-
-
-def _show(parts: tuple[bytes, ...] | list[bytes]) -> str:
-    return repr(os.fsdecode(b"/" + b"/".join(parts)))
-
-
 def _apply_meta(fd: int, v: protocol.VersionInfo, as_root: bool) -> None:
     if as_root:
         os.fchown(fd, v.uid, v.gid)  # before chmod: chown clears setuid/setgid bits
@@ -224,31 +125,6 @@ class _FileJob:
 
 
 _Piece = tuple[_FileJob, int, int]  # chunks [start, end) of a file, in one batch
-
-
-class _Here:
-    """A writer's current directory, kept open across consecutive files of one slice.
-
-    The files of a directory are contiguous in a batch, so most files need no
-    directory lookup and no fd of their own: two system calls fewer per file.
-    """
-
-    def __init__(self, dirs: _Dirs) -> None:
-        self.dirs = dirs
-        self.key: list[bytes] | None = None
-        self.fd = -1
-
-    def open(self, parts: list[bytes]) -> int:
-        if parts != self.key:
-            self.close()
-            self.fd = self.dirs.open(parts)
-            self.key = parts
-        return self.fd
-
-    def close(self) -> None:
-        fd, self.fd, self.key = self.fd, -1, None
-        if fd >= 0:
-            os.close(fd)
 
 
 @dataclass
@@ -291,7 +167,7 @@ class _Restorer:
         self.overwrite = overwrite
         self.progress = progress
         self.as_root = os.geteuid() == 0
-        self.dirs = _Dirs(root_fd, overwrite)
+        self.dirs = TargetDirs(root_fd, overwrite)
         self.result = RestoreResult()
         self.dir_meta: list[tuple[list[bytes], protocol.VersionInfo]] = []
         self.symlinks: list[tuple[list[bytes], protocol.VersionInfo]] = []
@@ -320,11 +196,11 @@ class _Restorer:
     def add(self, v: protocol.VersionInfo) -> None:
         try:
             if not is_under(v.path, self.subpath):
-                raise _Refused(f"refusing {v.path!r:.300}: not under {self.subpath!r}")
-            parts = _fs_parts(v.path, "/")
+                raise Refused(f"refusing {v.path!r:.300}: not under {self.subpath!r}")
+            parts = fs_parts(v.path, "/")
             if not parts:
                 if v.kind != "dir":
-                    raise _Refused(f"refusing a {v.kind} at '/'")
+                    raise Refused(f"refusing a {v.kind} at '/'")
                 return  # the root is the target itself: leave its mode and times alone
             if v.kind == "dir":
                 os.close(self.dirs.open(parts))
@@ -334,8 +210,8 @@ class _Restorer:
             elif v.kind == "file":
                 self._add_file(v, parts)
             else:
-                raise _Refused(f"{v.path!r:.300}: unknown kind {v.kind!r}")
-        except _Refused as exc:
+                raise Refused(f"{v.path!r:.300}: unknown kind {v.kind!r}")
+        except Refused as exc:
             self.error(str(exc))
         except OSError as exc:
             self.error(f"{v.path!r:.300}: {exc.strerror or exc}")
@@ -343,11 +219,11 @@ class _Restorer:
     def _add_file(self, v: protocol.VersionInfo, parts: list[bytes]) -> None:
         chunks = v.chunks
         if chunks is None:
-            raise _Refused(f"{v.path!r:.300}: the server sent no chunk list")
+            raise Refused(f"{v.path!r:.300}: the server sent no chunk list")
         if not all(is_chunk_id(c) for c in chunks):
-            raise _Refused(f"{v.path!r:.300}: malformed chunk id in its chunk list")
+            raise Refused(f"{v.path!r:.300}: malformed chunk id in its chunk list")
         if v.content_id is not None and content_id(chunks) != v.content_id:
-            raise _Refused(f"{v.path!r:.300}: chunk list does not match its content id")
+            raise Refused(f"{v.path!r:.300}: chunk list does not match its content id")
         if len(self.batch) >= BATCH_FILES:
             self.flush()
         job = _FileJob(v, parts, chunks)
@@ -421,7 +297,7 @@ class _Restorer:
 
     def _write_slice(self, pieces: list[_Piece], got: dict[str, bytes], reasons: dict[str, str], tally: _Tally) -> None:
         """One writer's share of a batch, in batch order (runs in a writer thread)."""
-        here = _Here(self.dirs)
+        here = CurrentDir(self.dirs)
         try:
             for job, start, end in pieces:
                 if self._stop.is_set():
@@ -434,7 +310,7 @@ class _Restorer:
             here.close()
 
     def _write(
-        self, job: _FileJob, got: dict[str, bytes], reasons: dict[str, str], start: int, end: int, tally: _Tally, here: _Here
+        self, job: _FileJob, got: dict[str, bytes], reasons: dict[str, str], start: int, end: int, tally: _Tally, here: CurrentDir
     ) -> None:
         """Write chunks [start, end) of a file; the last piece puts the file in place."""
         try:
@@ -443,13 +319,13 @@ class _Restorer:
             for cid in job.chunks[start:end]:
                 raw = got.get(cid)
                 if raw is None:
-                    raise _Refused(f"{job.v.path!r:.300}: damaged, not restored: chunk {cid} {reasons.get(cid, 'missing')}")
+                    raise Refused(f"{job.v.path!r:.300}: damaged, not restored: chunk {cid} {reasons.get(cid, 'missing')}")
                 _write_all(job.fd, raw)
                 job.written += len(raw)
                 tally.written += len(raw)
             if end == len(job.chunks):
                 self._finish(job, tally)
-        except _Refused as exc:
+        except Refused as exc:
             self._fail(job, str(exc), tally)
         except OSError as exc:
             self._fail(job, f"{job.v.path!r:.300}: {exc.strerror or exc}", tally)
@@ -497,7 +373,7 @@ class _Restorer:
             except FrameError as exc:
                 reasons[frame.id] = f"failed verification ({exc})"
 
-    def _start(self, job: _FileJob, here: _Here, *, whole: bool) -> None:
+    def _start(self, job: _FileJob, here: CurrentDir, *, whole: bool) -> None:
         """Create the file's temp file; a file written in one piece borrows its writer's directory fd."""
         if whole:
             job.parent_fd = here.open(job.parts[:-1])
@@ -512,7 +388,7 @@ class _Restorer:
     def _finish(self, job: _FileJob, tally: _Tally) -> None:
         v = job.v
         if job.written != v.size:
-            raise _Refused(f"{v.path!r:.300}: damaged, not restored: {job.written} bytes but the listing says {v.size}")
+            raise Refused(f"{v.path!r:.300}: damaged, not restored: {job.written} bytes but the listing says {v.size}")
         _apply_meta(job.fd, v, self.as_root)
         fd, job.fd = job.fd, -1
         os.close(fd)  # may report a late write error (network file systems): the file fails, and is not closed twice
@@ -520,7 +396,7 @@ class _Restorer:
         try:
             os.rename(job.tmp, name, src_dir_fd=job.parent_fd, dst_dir_fd=job.parent_fd)
         except OSError as exc:
-            raise _Refused(f"{v.path!r:.300}: cannot put in place: {exc.strerror}") from None
+            raise Refused(f"{v.path!r:.300}: cannot put in place: {exc.strerror}") from None
         job.tmp = b""
         self._close(job)
         tally.files += 1
@@ -554,18 +430,18 @@ class _Restorer:
         for parts, v in self.symlinks:
             try:
                 if v.link_target is None:
-                    raise _Refused(f"{v.path!r:.300}: symlink without a target")
+                    raise Refused(f"{v.path!r:.300}: symlink without a target")
                 try:
                     target = wire_to_fs(v.link_target)
                 except UnsafePath as exc:
-                    raise _Refused(f"{v.path!r:.300}: bad symlink target: {exc}") from None
+                    raise Refused(f"{v.path!r:.300}: bad symlink target: {exc}") from None
                 pfd = self.dirs.open(parts[:-1])
                 try:
                     self._symlink(pfd, parts[-1], target, v)
                 finally:
                     os.close(pfd)
                 self.result.symlinks += 1
-            except _Refused as exc:
+            except Refused as exc:
                 self.error(str(exc))
             except OSError as exc:
                 self.error(f"{v.path!r:.300}: {exc.strerror or exc}")
@@ -576,7 +452,7 @@ class _Restorer:
         except FileExistsError:
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             if not self.overwrite or stat.S_ISDIR(st.st_mode):
-                raise _Refused(f"{v.path!r:.300}: cannot create symlink, something else is there") from None
+                raise Refused(f"{v.path!r:.300}: cannot create symlink, something else is there") from None
             os.unlink(name, dir_fd=pfd)
             os.symlink(target, name, dir_fd=pfd)
         if self.as_root:
@@ -594,7 +470,7 @@ class _Restorer:
                 finally:
                     os.close(fd)
                 self.result.dirs += 1
-            except _Refused as exc:
+            except Refused as exc:
                 self.error(str(exc))
             except OSError as exc:
                 self.error(f"{v.path!r:.300}: {exc.strerror or exc}")
