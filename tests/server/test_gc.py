@@ -137,6 +137,37 @@ def test_touch_wins_over_an_old_last_seen(ctx, http):
         assert s.scalars(select(Chunk.last_seen)).one() > datetime.now(UTC) - timedelta(minutes=1)
 
 
+def test_a_commit_touches_what_it_names_and_a_bad_batch_touches_nothing(ctx, http):
+    from bkup.catalog.models import Content
+
+    alice = make_agent(ctx, http, "alice")
+    data = rand(100, 8)
+    alice.upload([data])
+    old = datetime.now(UTC) - timedelta(days=3)
+
+    def age_all() -> None:
+        with ctx.catalog.session() as s:
+            s.execute(update(Chunk).values(last_seen=old))
+            s.execute(update(Content).values(last_seen=old))
+            s.commit()
+
+    def fresh(model) -> list[bool]:
+        with ctx.catalog.session() as s:
+            return [t > old + timedelta(days=1) for t in s.scalars(select(model.last_seen))]
+
+    run = http.post("/api/v1/runs", json={"trigger": "once"}, headers=alice.agent).json()
+    good = {"path": "/f", "kind": "file", "size": len(data), "chunks": [chunk_id(data)]}
+    assert http.post(f"/api/v1/runs/{run['id']}/versions", json={"entries": [good]}, headers=alice.agent).status_code == 200
+    age_all()
+    bad = {"path": "/g", "kind": "file", "size": 1, "chunks": ["not-an-id"]}
+    r = http.post(f"/api/v1/runs/{run['id']}/versions", json={"entries": [good, bad]}, headers=alice.agent)
+    assert r.status_code == 400 and "not a chunk id" in r.json()["detail"]
+    assert fresh(Chunk) == [False] and fresh(Content) == [False]  # refused before anything was touched
+    good2 = dict(good, mtime_ns=5)
+    assert http.post(f"/api/v1/runs/{run['id']}/versions", json={"entries": [good2]}, headers=alice.agent).status_code == 200
+    assert fresh(Chunk) == [True] and fresh(Content) == [True]
+
+
 def test_unused_contents_go_too(ctx, http):
     alice = make_agent(ctx, http, "alice")
     me = admin_principal(ctx, "alice")

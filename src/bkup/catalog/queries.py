@@ -343,26 +343,58 @@ def _later_run(path: str, valid_from: int, run_seq: int) -> Conflict:
     return Conflict(f"{path!r:.200} was last changed by run {valid_from}, after run {run_seq}: only the newest run may change it")
 
 
-def commit_entries(
-    s: Session, *, client_id: int, user_id: int, run_seq: int, entries: Sequence[protocol.Entry]
-) -> tuple[int, int]:
-    """Open new versions for the entries of run `run_seq`; returns (committed, unchanged).
+class CheckedEntries:
+    """A commit batch, checked (`check_entries`): its rows by path, last entry per path winning."""
 
-    Checked before anything is written: paths and entry shapes (UsageError),
-    that the user holds every chunk (MissingChunksError listing them), that a
-    file's size is the sum of its chunks' lengths (UsageError). Then, per path
-    (the last entry wins when a batch names a path twice): identical to the
-    current version → unchanged; current version opened by this same run →
-    replaced; otherwise the current version is closed at `run_seq` and the new
-    one opened there.
+    __slots__ = ("pending",)
+
+    def __init__(self, pending: dict[str, _Pending]) -> None:
+        self.pending = pending
+
+    def chunk_ids(self) -> list[str]:
+        """Every chunk id the batch names, once each, in first-use order."""
+        return list(dict.fromkeys(c for p in self.pending.values() if p.chunks for c in p.chunks))
+
+    def content_ids(self) -> list[str]:
+        return list(dict.fromkeys(p.row["content_id"] for p in self.pending.values() if p.row["content_id"] is not None))
+
+
+def check_entries(entries: Sequence[protocol.Entry]) -> CheckedEntries:
+    """Check a commit batch's paths and entry shapes (UsageError), and name each file's content, once.
+
+    The server touches the batch's chunks and contents (GC's protocol) and
+    commits it from this one result, so no id is validated or hashed twice.
     """
     pending: dict[str, _Pending] = {}
     for e in entries:
         p = _check_entry(e)
         pending.pop(p.row["path"], None)  # re-insert: last wins, in last position
         pending[p.row["path"]] = p
+    return CheckedEntries(pending)
 
-    all_chunks = list(dict.fromkeys(c for p in pending.values() if p.chunks for c in p.chunks))
+
+def commit_entries(
+    s: Session,
+    *,
+    client_id: int,
+    user_id: int,
+    run_seq: int,
+    entries: Sequence[protocol.Entry] | CheckedEntries,
+) -> tuple[int, int]:
+    """Open new versions for the entries of run `run_seq`; returns (committed, unchanged).
+
+    Checked before anything is written: paths and entry shapes (UsageError,
+    unless `entries` come from `check_entries` already), that the user holds
+    every chunk (MissingChunksError listing them), that a file's size is the
+    sum of its chunks' lengths (UsageError). Then, per path (the last entry
+    wins when a batch names a path twice): identical to the current version
+    → unchanged; current version opened by this same run → replaced;
+    otherwise the current version is closed at `run_seq` and the new one
+    opened there.
+    """
+    checked = entries if isinstance(entries, CheckedEntries) else check_entries(entries)
+    pending = checked.pending
+    all_chunks = checked.chunk_ids()
     raw_lens = _chunk_raw_lens(s, user_id, all_chunks)
     missing = [c for c in all_chunks if c not in raw_lens]
     if missing:

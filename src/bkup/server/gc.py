@@ -2,7 +2,7 @@
 
 It runs while backups run and never blocks them (docs/retention.md has the
 protocol and why it is safe). In short: backups *touch* what they rely on
-(`touch`, `touch_entries`) in a short transaction before relying on it; GC
+(`touch`) in a short transaction before relying on it; GC
 deletes a row only if nobody touched it since its cutoff (now − `gc_grace`,
 and never after the start of a running run of that user), re-checking that
 in the DELETE itself; a pack is rewritten by writing the new pack first,
@@ -14,16 +14,14 @@ points into it any more.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlmodel import select
 
-from bkup import protocol
 from bkup.catalog import garbage
 from bkup.catalog.models import User
-from bkup.core import hashing
 from bkup.errors import BkupError
 from bkup.server.context import ServerContext
 from bkup.server.principal import Principal, require_admin
@@ -55,17 +53,6 @@ def touch(ctx: ServerContext, user_id: int, *, chunk_ids: Sequence[str] = (), co
     with ctx.catalog.session() as s:
         garbage.touch(s, user_id, chunk_ids=chunk_ids, content_ids=content_ids, now=_now(), refresh=refresh)
         s.commit()
-
-
-def touch_entries(ctx: ServerContext, user_id: int, entries: Iterable[protocol.Entry]) -> None:
-    """Touch every chunk and content a commit batch names, before the commit checks they exist."""
-    chunk_ids: list[str] = []
-    content_ids: list[str] = []
-    for e in entries:
-        if e.chunks and all(hashing.is_chunk_id(c) for c in e.chunks):
-            chunk_ids.extend(e.chunks)
-            content_ids.append(hashing.content_id(e.chunks))
-    touch(ctx, user_id, chunk_ids=chunk_ids, content_ids=content_ids)
 
 
 # --- collecting ---------------------------------------------------------------------------
