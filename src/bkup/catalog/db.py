@@ -28,6 +28,9 @@ SQLITE_PRAGMAS = (
     # A WAL file keeps its largest size after a checkpoint unless told otherwise:
     # a first backup left 17-25 MB of it behind, next to a 70 MB catalog.
     "PRAGMA journal_size_limit=4194304",
+    # 8 MiB of page cache per connection instead of 2: inserts into the random-keyed indexes (chunk and
+    # content ids) of a first backup re-read fewer pages (server CPU -6 % on 50,000 small files, RSS +30 MB).
+    "PRAGMA cache_size=-8192",
 )
 
 
