@@ -211,12 +211,8 @@ def record_pack(s: Session, user_id: int, pack_id: str, size: int, entries: Sequ
 
 def chunk_locations(s: Session, user_id: int, ids: Sequence[str]) -> dict[str, ChunkLocation]:
     """Where each of `ids` lives; ids the user does not hold are absent from the answer."""
-    out: dict[str, ChunkLocation] = {}
-    cols = (_chunks.c.id, _chunks.c.pack_id, _chunks.c.offset, _chunks.c.length, _chunks.c.raw_len, _chunks.c.flags)
-    for piece in _pieces(list(dict.fromkeys(ids))):
-        for row in s.execute(select(*cols).where(_chunks.c.user_id == user_id, _chunks.c.id.in_(piece))):
-            out[row.id] = ChunkLocation(*row)
-    return out
+    sql = 'SELECT id, pack_id, "offset", length, raw_len, flags FROM chunks WHERE user_id = {m} AND id IN ({ids})'
+    return {row[0]: ChunkLocation(*row) for row in _rows_by_ids(s, sql, list(dict.fromkeys(ids)), user_id)}
 
 
 # --- runs ---------------------------------------------------------------------------
