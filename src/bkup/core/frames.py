@@ -16,9 +16,6 @@ from bkup.errors import IntegrityError
 
 MAGIC = b"BKF1"
 FLAG_ZSTD = 0x01
-# zstd level of chunks: 2 stores within 0.3 % of level 3 on semi-compressible data (2.5 % more on
-# source code) and compresses ~40 % faster, which is most of a large first backup (docs/performance.md).
-DEFAULT_LEVEL = 2
 END_FLAGS = 0xFF  # only in the end marker
 HEADER_SIZE = 41  # id 32 | flags 1 | raw_len 4 | data_len 4
 
@@ -98,7 +95,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def encode_chunk(raw: bytes, *, level: int = DEFAULT_LEVEL, chunk_id: str | None = None) -> Frame:
+def encode_chunk(raw: bytes, *, level: int = 3, chunk_id: str | None = None) -> Frame:
     """Frame one chunk: zstd at `level`, or raw when that saves less than 1/32 of the size.
 
     `chunk_id` saves hashing again when the caller already knows it (it is not checked).
