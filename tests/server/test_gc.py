@@ -12,7 +12,7 @@ from sqlalchemy import select, text, update
 
 from bkup.catalog import garbage, queries
 from bkup.catalog.db import Catalog
-from bkup.catalog.models import Chunk, Pack
+from bkup.catalog.models import Chunk, Content, Pack
 from bkup.core.hashing import chunk_id
 from bkup.core.retention import Policy
 from bkup.errors import Forbidden
@@ -138,8 +138,6 @@ def test_touch_wins_over_an_old_last_seen(ctx, http):
 
 
 def test_a_commit_touches_what_it_names_and_a_bad_batch_touches_nothing(ctx, http):
-    from bkup.catalog.models import Content
-
     alice = make_agent(ctx, http, "alice")
     data = rand(100, 8)
     alice.upload([data])
