@@ -339,20 +339,14 @@ def _later_run(path: str, valid_from: int, run_seq: int) -> Conflict:
     return Conflict(f"{path!r:.200} was last changed by run {valid_from}, after run {run_seq}: only the newest run may change it")
 
 
+@dataclass(frozen=True, slots=True)
 class CheckedEntries:
-    """A commit batch, checked (`check_entries`): its rows by path, last entry per path winning."""
+    """A commit batch, checked (`check_entries`): its rows by path (the last entry per path wins), and
+    every chunk id and content id it names, once each, in first-use order."""
 
-    __slots__ = ("pending",)
-
-    def __init__(self, pending: dict[str, _Pending]) -> None:
-        self.pending = pending
-
-    def chunk_ids(self) -> list[str]:
-        """Every chunk id the batch names, once each, in first-use order."""
-        return list(dict.fromkeys(c for p in self.pending.values() if p.chunks for c in p.chunks))
-
-    def content_ids(self) -> list[str]:
-        return list(dict.fromkeys(p.row["content_id"] for p in self.pending.values() if p.row["content_id"] is not None))
+    pending: dict[str, _Pending]
+    chunk_ids: list[str]
+    content_ids: list[str]
 
 
 def check_entries(entries: Sequence[protocol.Entry]) -> CheckedEntries:
@@ -366,7 +360,9 @@ def check_entries(entries: Sequence[protocol.Entry]) -> CheckedEntries:
         p = _check_entry(e)
         pending.pop(p.row["path"], None)  # re-insert: last wins, in last position
         pending[p.row["path"]] = p
-    return CheckedEntries(pending)
+    chunk_ids = list(dict.fromkeys(c for p in pending.values() if p.chunks for c in p.chunks))
+    content_ids = list(dict.fromkeys(p.row["content_id"] for p in pending.values() if p.row["content_id"] is not None))
+    return CheckedEntries(pending, chunk_ids, content_ids)
 
 
 def commit_entries(
@@ -390,7 +386,7 @@ def commit_entries(
     """
     checked = entries if isinstance(entries, CheckedEntries) else check_entries(entries)
     pending = checked.pending
-    all_chunks = checked.chunk_ids()
+    all_chunks = checked.chunk_ids
     raw_lens = _chunk_raw_lens(s, user_id, all_chunks)
     missing = [c for c in all_chunks if c not in raw_lens]
     if missing:

@@ -65,7 +65,7 @@ def commit_versions(ctx: ServerContext, principal: Principal, run_id: int, entri
         raise UsageError(f"too many entries in one batch: {len(entries)} > {protocol.MAX_ENTRIES_PER_BATCH}")
     checked = queries.check_entries(entries)  # a bad batch is refused before anything is touched
     # Touched before the commit relies on them: GC's protocol (server.gc).
-    gc.touch(ctx, principal.user_id, chunk_ids=checked.chunk_ids(), content_ids=checked.content_ids())
+    gc.touch(ctx, principal.user_id, chunk_ids=checked.chunk_ids, content_ids=checked.content_ids)
     with ctx.catalog.session() as s:
         run = _running_run(s, principal, run_id)
         committed, unchanged = queries.commit_entries(
