@@ -73,6 +73,7 @@ def world(env):
                 entries = [{"path": "/f", "kind": "file", "size": len(body), "chunks": [chunk_id(body)]}, {"path": "/g", "kind": "dir"}]
                 assert http.post(f"{API}/runs/{run['id']}/versions", json={"entries": entries}, headers=agent).status_code == 200
                 http.post(f"{API}/runs/{run['id']}/finish", json={"status": "ok", "stats": {}}, headers=agent)
+        ctx.after_run.wait()  # the runs' manifests, which the rebuild below reads
         me = accounts.admin_principal(ctx, "alice")
         policies.set_user_policy(ctx, me, me.user_id, Policy(keep_versions=1))
         yield ctx, created["id"]

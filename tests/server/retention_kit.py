@@ -106,6 +106,7 @@ class Agent:
     token: str  # user API token
     client_id: int
     agent_token: str
+    ctx: ServerContext
     runs: list[int] = field(default_factory=list)
 
     @property
@@ -169,6 +170,7 @@ class Agent:
             self._post(f"/runs/{run['id']}/deletions", json={"paths": sorted(deleted)}, headers=self.agent)
         if finish:
             run = self._post(f"/runs/{run['id']}/finish", json={"status": status, "stats": {"files_seen": len(files)}}, headers=self.agent)
+            self.ctx.after_run.wait()  # its manifest and prune, done after the answer
         self.runs.append(run["seq"])
         return run
 
@@ -194,7 +196,7 @@ def make_agent(ctx: ServerContext, http: TestClient, user: str, client: str | No
     token = r.json()["token"]
     r = http.post(f"{API}/clients", json={"name": client or f"{user}-pc"}, headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 201, r.text
-    return Agent(http, user, token, r.json()["id"], r.json()["token"])
+    return Agent(http, user, token, r.json()["id"], r.json()["token"], ctx)
 
 
 def run_seqs(ctx: ServerContext, client_id: int) -> list[int]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from bkup.catalog.db import Catalog
 from bkup.server import metrics as _metrics
 from bkup.server.alerts import AlertSender
+from bkup.server.background import SerialWorker
 from bkup.server.leader import Scheduler
 from bkup.server.metrics import ServerMetrics
 from bkup.server.ratelimit import LoginLimiter
@@ -34,6 +35,8 @@ class ServerContext:
     metrics: ServerMetrics = field(default=None)  # type: ignore[assignment]
     alerts: AlertSender = field(default=None)  # type: ignore[assignment]
     scheduler: Scheduler = field(default=None)  # type: ignore[assignment]
+    # What a run's end sets off, after `finish` has answered (server.background).
+    after_run: SerialWorker = field(default_factory=SerialWorker)
 
     def __post_init__(self) -> None:
         self.metrics = self.metrics or _metrics.install(self)
@@ -42,6 +45,7 @@ class ServerContext:
 
     def close(self) -> None:
         self.scheduler.stop()
+        self.after_run.close()  # finished runs' manifests and prunes still queued
         self.alerts.close()  # what is queued gets one last try (a CLI command's damage_found)
         self.catalog.dispose()
 

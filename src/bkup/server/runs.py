@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from sqlmodel import Session, select
 
 from bkup import protocol
@@ -102,7 +104,8 @@ def finish_run(ctx: ServerContext, principal: Principal, run_id: int, finish: pr
         s.add(client)
         s.commit()
         s.refresh(run)
-    manifests.after_finish(ctx, run.id, run.client_id, run.seq)  # manifest, then prune; never raises
+    # The manifest, then prune, after this answer (server.background); never raises.
+    ctx.after_run.submit(f"after run {run.seq} of client {run.client_id}", partial(manifests.after_finish, ctx, run.id, run.client_id, run.seq))
     if run.status == "failed":
         alerts.run_failed(ctx, run.id)  # queued for the webhooks (server.alerts); never raises
     return run_info(run)
