@@ -20,3 +20,12 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
                        capture_output=True, text=True, env={"BKUP_CONFIG_DIR": str(tmp_path), "BKUP_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("error: cannot reach server") and "Traceback" not in r.stderr
+
+
+def test_the_command_does_not_load_the_http_librarys_own_cli():
+    """Every agent run starts a process: httpx's optional CLI (rich, pygments) is not loaded, and httpx still works."""
+    code = ("import sys; import bkup.cli.main as m; m._register(); import httpx; "
+            "print(sys.modules.get('httpx._main') is None, callable(httpx.Client), callable(httpx.main))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "True", "True"]
