@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import sys
 
-# httpx imports its optional command-line client (click, rich, pygments: ~120 ms, a fifth of
-# `bkup`'s start-up, paid by every agent run) whenever those happen to be installed; bkup never
-# runs it. A None entry in sys.modules makes that import fail, and httpx defines a stub instead.
-if "httpx" not in sys.modules:
-    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+import typer
 
-import typer  # noqa: E402
+from bkup.errors import BkupError
+from bkup.runtime import tune_malloc
 
-from bkup.errors import BkupError  # noqa: E402
-from bkup.runtime import tune_malloc  # noqa: E402
+# Modules that libraries import whenever they happen to be installed, and that bkup never uses:
+# httpx's own command-line client (click, rich, pygments) and trio (an async backend of httpcore;
+# bkup's HTTP client is synchronous). On the benchmark machine they were ~120 and ~80 ms of the
+# ~0.6 s every `bkup agent --once` spends starting (docs/performance.md, "Start-up").
+UNUSED_IMPORTS = ("httpx._main", "trio")
 
 app = typer.Typer(
     name="bkup",
@@ -60,8 +60,16 @@ def _optional_values(argv: list[str]) -> list[str]:
     return out
 
 
+def skip_unused_imports() -> None:
+    """A None entry in sys.modules makes `import name` raise ImportError, which both libraries expect and handle.
+    Already imported, a module stays."""
+    for name in UNUSED_IMPORTS:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
+
 def main() -> None:
     tune_malloc()
+    skip_unused_imports()
     _register()
     try:
         app(args=_optional_values(sys.argv[1:]), prog_name="bkup")
