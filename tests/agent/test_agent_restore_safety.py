@@ -191,6 +191,20 @@ def test_a_cut_stream_is_read_again_once(fake, box):
     assert result.files == 0 and len(result.errors) == 1 and no_temp_files(box[0].parent / "t2")
 
 
+def test_a_chunk_list_that_is_malformed_or_does_not_match_its_content_id_is_refused(fake, box):
+    target, _ = box
+    fake.file("/good", b"fine")
+    fake.file("/malformed", b"m" * 10)
+    fake.entries[-1]["chunks"] = ["../" + "0" * 61]
+    fake.file("/swapped", b"s" * 10)
+    fake.entries[-1]["content_id"] = content_id([chunk_id(b"something else")])
+    result = restore_tree(fake.api(), 1, target)
+    assert result.files == 1 and everything(target) == {"good"}
+    assert sorted(result.errors) == ["'/malformed': malformed chunk id in its chunk list",
+                                     "'/swapped': chunk list does not match its content id"]
+    assert all(chunk_id(b"s" * 10) not in ids for ids in fake.reads)  # nothing was fetched for a refused file
+
+
 def test_a_size_that_does_not_match_the_chunks_is_damage(fake, box):
     target, _ = box
     fake.file("/f", b"12345", size=6)

@@ -36,7 +36,7 @@ from bkup.agent.api import ApiClient
 from bkup.agent.progress import NullProgress, Progress
 from bkup.agent.targetdir import CurrentDir, Refused, TargetDirs, fs_parts
 from bkup.core.frames import FrameError, decode_frame
-from bkup.core.hashing import content_id, is_chunk_id
+from bkup.core.hashing import content_id
 from bkup.core.paths import UnsafePath, is_under, normalize, parent_of, wire_to_fs
 from bkup.errors import Conflict, NotFound, ServerError, UsageError
 
@@ -220,9 +220,11 @@ class _Restorer:
         chunks = v.chunks
         if chunks is None:
             raise Refused(f"{v.path!r:.300}: the server sent no chunk list")
-        if not all(is_chunk_id(c) for c in chunks):
-            raise Refused(f"{v.path!r:.300}: malformed chunk id in its chunk list")
-        if v.content_id is not None and content_id(chunks) != v.content_id:
+        try:
+            actual = content_id(chunks)  # checks every id's spelling too
+        except ValueError:
+            raise Refused(f"{v.path!r:.300}: malformed chunk id in its chunk list") from None
+        if v.content_id is not None and actual != v.content_id:
             raise Refused(f"{v.path!r:.300}: chunk list does not match its content id")
         if len(self.batch) >= BATCH_FILES:
             self.flush()
