@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -63,12 +65,14 @@ def test_readyz_is_503_naming_the_database_when_it_fails(settings, ctx):
     assert r.json()["database"].startswith("error") and r.json()["storage"] == "ok"
 
 
-def test_metrics_parse_and_carry_client_and_server_figures(http, alice, bob):
+def test_metrics_parse_and_carry_client_and_server_figures(http, ctx, alice, bob):
     a, b = b"a" * 5000, b"b" * 7000
     assert upload(http, alice, [a, b]).status_code == 200
     assert upload(http, alice, [a]).status_code == 200  # a duplicate: stored nothing
     r = http.post(f"{API}/chunks/missing", json={"ids": [file_entry("/x", [a])["chunks"][0], "0" * 64]}, headers=alice.agent)
     assert r.status_code == 200
+    gate = threading.Event()
+    ctx.after_run.submit("held", gate.wait)  # the runs' manifests wait behind this
     run = start_run(http, alice)
     http.post(f"{API}/runs/{run['id']}/versions", json={"entries": [file_entry("/a", [a])]}, headers=alice.agent)
     stats = {"files_seen": 1, "files_changed": 1, "files_deleted": 0, "dirs_seen": 1, "bytes_scanned": 5000,
@@ -93,6 +97,10 @@ def test_metrics_parse_and_carry_client_and_server_figures(http, alice, bob):
     assert m[key("bkup_client_last_run_status", **bob_pc, status="ok")] == 0
     assert m[key("bkup_clients")] == 2 and m[key("bkup_users")] == 2
     assert m[key("bkup_packs", state="live")] == 1
+    assert m[key("bkup_runs_without_manifest")] == 2
+    gate.set()
+    ctx.after_run.wait()
+    assert samples(http.get("/metrics").text)[key("bkup_runs_without_manifest")] == 0
     assert m[key("bkup_ingest_chunks_total", result="stored")] == 2
     assert m[key("bkup_ingest_chunks_total", result="duplicate")] == 1
     assert m[key("bkup_ingest_bytes_total", kind="received")] == len(frames_body([a, b])) + len(frames_body([a]))

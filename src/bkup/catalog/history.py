@@ -174,14 +174,18 @@ def closed_by(s: Session, client_id: int, run_seq: int) -> list[tuple[str, int]]
     return [(p, f) for p, f in s.execute(q)]
 
 
+_WITHOUT_MANIFEST = (_runs.c.status != "running") & _runs.c.manifest_at.is_(None)
+
+
 def runs_without_manifest(s: Session, finished_before: datetime) -> list[int]:
     """Ids of finished runs whose manifest has not been written (oldest first)."""
-    q = (
-        select(_runs.c.id)
-        .where(_runs.c.status != "running", _runs.c.manifest_at.is_(None), _runs.c.finished_at < finished_before)
-        .order_by(_runs.c.id)
-    )
+    q = select(_runs.c.id).where(_WITHOUT_MANIFEST, _runs.c.finished_at < finished_before).order_by(_runs.c.id)
     return list(s.scalars(q))
+
+
+def count_runs_without_manifest(s: Session) -> int:
+    """Finished runs whose manifest is not in storage yet (however recently they finished)."""
+    return s.execute(select(func.count()).select_from(_runs).where(_WITHOUT_MANIFEST)).scalar_one()
 
 
 def abandon_runs(s: Session, inactive_since: datetime, now: datetime, error: str) -> list[int]:

@@ -27,6 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from bkup.catalog import history
 from bkup.catalog.models import Client, Pack, Run, User
 from bkup.errors import AuthError
 
@@ -167,6 +168,9 @@ class CatalogCollector(Collector):
         clients = GaugeMetricFamily("bkup_clients", "Clients in the catalog.")
         packs = GaugeMetricFamily("bkup_packs", "Packs in the catalog, by state (live, retired: waiting for deletion).", labels=["state"])
         pack_bytes = GaugeMetricFamily("bkup_pack_bytes", "Bytes of the packs in the catalog, by state.", labels=["state"])
+        unwritten = GaugeMetricFamily(
+            "bkup_runs_without_manifest", "Finished runs whose manifest is not in storage yet (a catalog rebuild would miss them)."
+        )
 
         with self.ctx.catalog.session() as s:
             rows = s.execute(select(Client.id, Client.name, User.name, Client.last_seen).join(User, User.id == Client.user_id)).all()
@@ -209,7 +213,8 @@ class CatalogCollector(Collector):
             for state, count, size in pack_rows:
                 packs.add_metric([state], count)
                 pack_bytes.add_metric([state], int(size))
-        return [last_ok, last_end, duration, nbytes, files, status, running, seen, users, clients, packs, pack_bytes]
+            unwritten.add_metric([], history.count_runs_without_manifest(s))
+        return [last_ok, last_end, duration, nbytes, files, status, running, seen, users, clients, packs, pack_bytes, unwritten]
 
 
 def install(ctx: ServerContext) -> ServerMetrics:
