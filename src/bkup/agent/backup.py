@@ -42,6 +42,7 @@ from bkup.agent.scanner import ScanEntry, ScanReport, dirty_paths, resolve_roots
 from bkup.agent.state import CachedEntry, StateCache
 from bkup.agent.uploads import BUFFER_BYTES, Aborted, Group, Uploader, put_or_abort
 from bkup.core.chunker import ensure_native, iter_chunks_fd
+from bkup.core.frames import DEFAULT_LEVEL
 from bkup.core.hashing import chunk_id, content_id
 from bkup.core.paths import fs_to_wire, is_under
 from bkup.core.patterns import Excludes
@@ -501,7 +502,7 @@ def run_backup(
     *,
     trigger: protocol.Trigger = "once",
     progress: Progress | None = None,
-    compression_level: int = 3,
+    compression_level: int = DEFAULT_LEVEL,
     buffer_bytes: int = BUFFER_BYTES,
     only: list[bytes] | None = None,
     before_walk: Callable[[protocol.RunInfo], list[str]] | None = None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from bkup.agent.api import ApiClient
 from bkup.agent.commits import Item
-from bkup.core.frames import HEADER_SIZE, encode_chunk
+from bkup.core.frames import DEFAULT_LEVEL, HEADER_SIZE, encode_chunk
 
 BUFFER_BYTES = 32 * 1024 * 1024  # all raw chunks read but not yet uploaded, over every thread
 UPLOAD_BYTES = 32 * 1024 * 1024  # frame bytes in one upload request
@@ -49,7 +49,7 @@ class Uploader:
         self,
         api: ApiClient,
         *,
-        level: int = 3,
+        level: int = DEFAULT_LEVEL,
         buffer_bytes: int = BUFFER_BYTES,
         upload_bytes: int = UPLOAD_BYTES,
         threads: int = UPLOADERS,

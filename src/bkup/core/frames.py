@@ -16,6 +16,9 @@ from bkup.errors import IntegrityError
 
 MAGIC = b"BKF1"
 FLAG_ZSTD = 0x01
+# zstd level of chunks. Level 2 compressed ~40 % faster but stored 1.4–3.2 % more on the benchmark
+# datasets, past the repository-size target (docs/performance.md, "Measured and not kept").
+DEFAULT_LEVEL = 3
 END_FLAGS = 0xFF  # only in the end marker
 HEADER_SIZE = 41  # id 32 | flags 1 | raw_len 4 | data_len 4
 
@@ -95,7 +98,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def encode_chunk(raw: bytes, *, level: int = 3, chunk_id: str | None = None) -> Frame:
+def encode_chunk(raw: bytes, *, level: int = DEFAULT_LEVEL, chunk_id: str | None = None) -> Frame:
     """Frame one chunk: zstd at `level`, or raw when that saves less than 1/32 of the size.
 
     `chunk_id` saves hashing again when the caller already knows it (it is not checked).
