@@ -204,6 +204,7 @@ class Model:
     acked: dict[str, bytes | None] = field(default_factory=dict)
     pending: dict[str, bytes | None] = field(default_factory=dict)
     runs_ok: int = 0
+    dangling: int | None = None  # the run a killed server never heard finish
 
 
 @dataclass
@@ -248,12 +249,21 @@ class Agent:
             r = self._post("ingest", "/chunks", content=body)
             assert r.status_code == 200, r.text
 
+    def finish_dangling(self) -> None:
+        """Like the agent service: the run a killed server left running is finished as failed, so it stops shielding from GC."""
+        if self.model.dangling is not None:
+            r = self._post("finish dangling", f"/runs/{self.model.dangling}/finish",
+                           json={"status": "failed", "stats": {}, "error": "the agent lost the server during the run"})
+            assert r.status_code in (200, 409), r.text
+            self.model.dangling = None
+
     def one_run(self) -> None:
         from bkup.core.hashing import chunk_id
 
+        self.finish_dangling()
         r = self._post("start", "/runs", json={"trigger": "manual"})
         assert r.status_code == 201, r.text
-        run = r.json()["id"]
+        run = self.model.dangling = r.json()["id"]
         change = self.rnd.sample(PATHS, self.rnd.randint(1, 4))
         new: dict[str, bytes | None] = {}
         for p in change:
@@ -290,6 +300,7 @@ class Agent:
             self.model.pending = {}
         r = self._post("finish+prune", f"/runs/{run}/finish", json={"status": "ok", "stats": {}})
         assert r.status_code == 200, r.text
+        self.model.dangling = None
         self.model.runs_ok += 1
         self.phase = "between runs (GC)"
 
