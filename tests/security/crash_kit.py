@@ -6,7 +6,9 @@ A round: start the server on the same catalog and store, check that what
 was acknowledged before the last kill is there and reads back (BLAKE3 of
 every chunk, sizes, the current bytes of every path), drive an agent's
 backups against it for a random time while prune (after each run) and GC
-(every second, short grace) run inside it, then SIGKILL it mid-flight. With
+(every second, short grace) run inside it, then SIGKILL it mid-flight (one
+round in four waits for a given request to be on its way: commits and
+finishes are too short to be hit by chance every time). With
 the server dead, `server.check.check` must find no problem (packs nobody
 references are fine; a referenced chunk that is missing is not).
 
@@ -421,6 +423,15 @@ def setup(folder: Path, **env_extra: str) -> Setup:
     return Setup(env, token, created.id, created.token)
 
 
+AIMED = ("commit", "finish+prune", "delete", "ingest")  # the requests some kills wait for
+
+
+def wait_for_phase(agent: Agent, phase: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while agent.phase != phase and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
 def crash_rounds(folder: Path, rounds: int, *, seed: int = 0, max_delay: float = 1.0, mode: str = "app",
                  progress=None) -> Figures:
     """`rounds` kills of a busy server; the figures of what survived."""
@@ -434,9 +445,14 @@ def crash_rounds(folder: Path, rounds: int, *, seed: int = 0, max_delay: float =
         agent = Agent(server.url, st.agent_token, model, rnd)
         worker = threading.Thread(target=agent.loop, daemon=True)
         worker.start()
-        # Mostly short lives (kills inside ingest and commit); every fourth one long enough for GC (every 1 s) to run.
-        time.sleep(rnd.uniform(1.0, 1.0 + max_delay) if i % 4 == 3 else rnd.uniform(0.05, max_delay))
-        scrape_gc(server.url, figures)
+        # Mostly short lives (kills inside ingest and commit); every fourth one long enough for GC (every 1 s) to run;
+        # every fourth, shifted by one, killed just as the agent sends a given request (short ones are rarely hit by chance).
+        if i % 4 == 1:
+            wait_for_phase(agent, AIMED[(i // 4) % len(AIMED)], timeout=1.0 + max_delay)
+            time.sleep(rnd.uniform(0.0, 0.002))  # no GC in so short a life: nothing to scrape
+        else:
+            time.sleep(rnd.uniform(1.0, 1.0 + max_delay) if i % 4 == 3 else rnd.uniform(0.05, max_delay))
+            scrape_gc(server.url, figures)
         phase = agent.phase
         server.kill()
         agent.stop.set()
