@@ -20,7 +20,6 @@ from bkup.agent.progress import Progress, format_bytes, make_progress
 from bkup.agent.restore import RestoreResult, restore_tree
 from bkup.cli.common import JsonFlag, print_json
 from bkup.cli.ls import At, Client, Run, Server, Token, as_of
-from bkup.runtime import tune_malloc_for_restore
 from bkup.settings import Settings, load_settings
 
 EXIT_DAMAGE = 3
@@ -61,7 +60,6 @@ def restore(
     Exit codes: 0 ok, 1 error, 2 usage error, 3 some entries could not be restored.
     """
     settings = load_settings(server=server, token=token)
-    tune_malloc_for_restore()
     result = restore_client(
         settings, client, target, subpath=path, at=at, run=run, overwrite=overwrite, progress=make_progress(stream=sys.stderr)
     )
