@@ -20,7 +20,7 @@ def tune_malloc() -> None:
     mmap (what a fixed 1 MiB threshold did), every one was zeroed page by page
     by the kernel as it was written, and returned when freed: ~600,000 page
     faults in the server and ~480,000 in the agent for a first backup of the
-    1 GiB "big", a third of the server's CPU. Left to glibc's defaults, the
+    1 GiB "big", a quarter of the server's CPU. Left to glibc's defaults, the
     threshold rises as big blocks are freed and each thread's arena keeps its
     own: tens of MB of peak RSS per worker thread. Two arenas bound that.
     Not glibc (musl, macOS): nothing to do.
