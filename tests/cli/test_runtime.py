@@ -44,3 +44,29 @@ def test_big_buffers_are_reused_not_mapped_and_zeroed_afresh():
     pages = 20 * (4 << 20) // 4096
     assert _faults("mmap") > pages // 2  # the measure sees fresh pages: each buffer a new mapping
     assert _faults("bkup") < pages // 10  # the heap keeps freed buffers and hands them out again
+
+
+# The bkup command's start-up, then a burst of short-lived containers like a backup's entries.
+BURST = """
+import gc, sys
+import bkup.cli.main as m
+sys.argv = ["bkup", "--help"]
+try:
+    m.main()
+except SystemExit:
+    pass
+before = sum(s["collections"] for s in gc.get_stats())
+keep = []
+for i in range(200_000):
+    keep.append({"path": f"/data/{i}", "size": i})
+    if len(keep) > 1000:
+        keep.clear()
+print(sum(s["collections"] for s in gc.get_stats()) - before, gc.get_freeze_count())
+"""
+
+
+def test_the_cycle_collector_runs_seldom_and_skips_what_start_up_made():
+    out = subprocess.run([sys.executable, "-c", BURST], capture_output=True, text=True, check=True).stdout.split()
+    collections, frozen = int(out[-2]), int(out[-1])
+    assert collections <= 20, collections  # ~200 at Python's default threshold of 700
+    assert frozen > 10_000, frozen  # modules, classes and functions loaded by the start-up

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from bkup.errors import BkupError
-from bkup.runtime import tune_malloc
+from bkup.runtime import freeze_imports, tune_gc, tune_malloc
 
 # Modules that libraries import whenever they happen to be installed, and that bkup never uses:
 # httpx's own command-line client (click, rich, pygments) and trio (an async backend of httpcore;
@@ -69,8 +69,10 @@ def skip_unused_imports() -> None:
 
 def main() -> None:
     tune_malloc()
+    tune_gc()
     skip_unused_imports()
     _register()
+    freeze_imports()
     try:
         app(args=_optional_values(sys.argv[1:]), prog_name="bkup")
     except BkupError as exc:
