@@ -16,12 +16,12 @@ pytestmark = pytest.mark.skipif(
 
 # Twenty 4 MiB buffers (a chunk at its largest) written through, every page touched, and freed, from two threads.
 CHURN = """
-import ctypes, resource, sys, threading
+import ctypes, ctypes.util, resource, sys, threading
+from bkup import runtime
 if sys.argv[1] == "bkup":
-    from bkup.runtime import tune_malloc
-    tune_malloc()
+    runtime.tune_malloc()
 else:  # what bkup did before: every buffer of 1 MiB or more mmapped
-    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)
+    ctypes.CDLL(ctypes.util.find_library("c")).mallopt(runtime.M_MMAP_THRESHOLD, 1 << 20)
 def churn(n):
     for i in range(n):
         b = bytes([i % 256]) * (4 << 20); del b
