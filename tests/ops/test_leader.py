@@ -53,8 +53,14 @@ def test_a_lost_leader_connection_hands_the_job_over(pg_url):
         with b.catalog.engine.connect() as conn:  # the database connection dies under the leader
             conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
             # Termination is asynchronous: wait until the backend (and its locks) are gone.
+            # pg_stat_activity is a snapshot taken once per transaction, so each poll ends
+            # its transaction; otherwise a backend seen once is seen until the deadline.
             deadline = time.monotonic() + 10
-            while conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}).scalar():
+            while True:
+                alive = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}).scalar()
+                conn.rollback()
+                if not alive:
+                    break
                 assert time.monotonic() < deadline, "the terminated backend did not go away"
                 time.sleep(0.05)
         assert b.holds("gc")
