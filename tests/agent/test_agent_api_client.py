@@ -10,7 +10,7 @@ import pytest
 
 from bkup import protocol
 from bkup.agent.api import ApiClient, MissingChunksError
-from bkup.core.frames import FrameParser, TruncatedStream, encode_chunk, end_marker, stream_header
+from bkup.core.frames import FrameBatch, FrameParser, TruncatedStream, encode_chunk, end_marker, stream_header
 from bkup.errors import AuthError, Conflict, Forbidden, NotFound, ServerError, UsageError
 
 RUN = {
@@ -134,6 +134,35 @@ def test_upload_streams_one_frame_stream_with_its_length():
     assert result.stored == 2
     assert got["type"] == protocol.FRAME_MEDIA_TYPE and got["length"] == got["size"]
     assert got["frames"] == frames
+
+
+def test_a_frame_batch_made_while_sent_is_replayed_whole_on_a_retry():
+    frames = [encode_chunk(bytes([i]) * 300_000, level=1) for i in range(4)]
+    pulled: list[int] = []
+
+    def make():
+        for i, f in enumerate(frames):
+            pulled.append(i)
+            yield f
+
+    bodies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert "content-length" not in request.headers  # its size is not known before it is sent
+        if not bodies:
+            next(iter(request.stream))  # the connection drops after the first piece
+            bodies.append(None)
+            raise httpx.WriteError("connection reset")
+        body = b"".join(request.stream)
+        parser = FrameParser()
+        bodies.append(parser.feed(body))
+        parser.close()
+        return httpx.Response(200, json={"received": 4, "stored": 4, "duplicates": 0, "bytes_stored": 99})
+
+    batch = FrameBatch(make(), limit=1 << 30)
+    assert client(handler, retries=1).upload(batch).stored == 4
+    assert bodies[1] == frames and batch.exhausted
+    assert pulled == [0, 1, 2, 3]  # each chunk compressed once
 
 
 def test_read_chunks_streams_frames_and_a_cut_stream_raises():

@@ -23,7 +23,7 @@ import msgspec
 
 import bkup
 from bkup import protocol
-from bkup.core.frames import Frame, FrameParser, coalesce, end_marker, stream_header
+from bkup.core.frames import Frame, FrameBatch, FrameParser, coalesce, end_marker, stream_header
 from bkup.errors import AuthError, BkupError, Conflict, Forbidden, NotFound, ServerError, UsageError
 
 log = logging.getLogger("bkup.agent")
@@ -213,10 +213,11 @@ class ApiClient:
         """Send one frame stream; each item is one frame (its bytes, or a Frame to avoid a copy).
 
         The body is streamed. A list or tuple of frames is sent with a
-        Content-Length and retried on connection errors (the server ignores
+        Content-Length, a `FrameBatch` (frames made while they are sent)
+        chunked, and both are retried on connection errors (the server ignores
         chunks it already holds); any other iterable is sent once, chunked.
         """
-        replayable = isinstance(frames, Sequence)
+        replayable = isinstance(frames, (Sequence, FrameBatch))
 
         def body() -> Iterator[bytes]:
             yield stream_header()
@@ -231,7 +232,7 @@ class ApiClient:
             yield end_marker(count)
 
         headers = {"Content-Type": protocol.FRAME_MEDIA_TYPE}
-        if replayable:
+        if isinstance(frames, Sequence):
             size = len(stream_header()) + len(end_marker(0))
             size += sum(len(f.header()) + len(f.data) if isinstance(f, Frame) else len(f) for f in frames)
             headers["Content-Length"] = str(size)

@@ -23,7 +23,7 @@ from bkup.agent.commands import RunCancelled, run_command
 from bkup.agent.config import Effective
 from bkup.agent.logship import REPORT_LOGGER
 from bkup.agent.progress import LineProgress, Progress, format_bytes
-from bkup.core.frames import Frame
+from bkup.core.frames import Frame, FrameBatch
 from bkup.errors import BkupError, ServerError
 
 log = logging.getLogger("bkup.agent.service")
@@ -65,8 +65,11 @@ class ServiceApi(ApiClient):
     def upload(self, frames):  # type: ignore[no-untyped-def]
         t0 = time.monotonic()
         result = super().upload(frames)
-        if self.limit_kbps and isinstance(frames, Sequence):
-            size = sum(len(f.header()) + len(f.data) if isinstance(f, Frame) else len(f) for f in frames)
+        if self.limit_kbps and isinstance(frames, (Sequence, FrameBatch)):
+            if isinstance(frames, FrameBatch):
+                size = frames.nbytes
+            else:
+                size = sum(len(f.header()) + len(f.data) if isinstance(f, Frame) else len(f) for f in frames)
             left = size / (self.limit_kbps * 1024) - (time.monotonic() - t0)
             if left > 0:
                 self.stop.wait(left)

@@ -1,26 +1,28 @@
-"""The upload side of a backup run: which chunk ids this run sends, how many raw bytes wait, the upload threads.
+"""The upload side of a backup run: which chunk ids this run sends, how many chunk bytes wait, the upload threads.
 
 UPLOADERS threads each take a whole group of new chunks read by the readers
-(agent.backup): ask the server which it lacks, compress only those, upload
-them as one frame stream, and hand the group's entries back as committable.
-`buffer_bytes` bounds every raw chunk byte read and not yet uploaded, over
-all threads (docs/performance.md).
+(agent.backup): ask the server which it lacks, compress only those while
+they are being sent as one frame stream, and hand the group's entries back
+as committable. `buffer_bytes` bounds every chunk byte held, over all
+threads: a chunk's raw bytes from its read until its frame is made, then
+the frame's until its upload is answered (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from bkup.agent.api import ApiClient
 from bkup.agent.commits import Item
-from bkup.core.frames import DEFAULT_LEVEL, HEADER_SIZE, encode_chunk
+from bkup.core.frames import DEFAULT_LEVEL, HEADER_SIZE, Frame, FrameBatch, encode_chunk
 
-BUFFER_BYTES = 32 * 1024 * 1024  # all raw chunks read but not yet uploaded, over every thread
+BUFFER_BYTES = 40 * 1024 * 1024  # chunk bytes held (raw, or framed) until uploaded, over every thread
 UPLOAD_BYTES = 32 * 1024 * 1024  # frame bytes in one upload request
 UPLOADERS = 2  # threads that ask, compress and upload (each takes whole groups)
+RELEASE_BYTES = 1024 * 1024  # an uploader gives buffer room back in steps of this much
 
 
 @dataclass(slots=True)
@@ -41,8 +43,9 @@ class Uploader:
 
     Each chunk id is claimed by exactly one group per run (`claim`); entries
     naming an id claimed elsewhere wait in the committer until that group is
-    done. `reserve`/`release` keep every buffered raw byte (in readers' open
-    groups, queued, or being uploaded) under `buffer_bytes`.
+    done. `reserve` and the uploaders' releases keep every buffered byte (raw
+    in readers' open groups or queued, raw or framed while being uploaded)
+    under `buffer_bytes`.
     """
 
     def __init__(
@@ -144,37 +147,64 @@ class Uploader:
                     self.failure = exc
             self.abort.set()
 
-    def _upload(self, group: Group) -> None:
-        ids = list(group.chunks)
-        missing = set(self.api.missing(ids))
+    def _release(self, n: int) -> None:
+        """`n` buffered bytes are gone: make room for the readers."""
+        if n:
+            with self._room:
+                self.pending_bytes -= n
+                self._room.notify_all()
+
+    def _compress(self, group: Group, ids: list[str]) -> Iterator[Frame]:
+        """Frame these chunks of the group, one at a time, as the upload pulls them.
+
+        Each raw chunk is dropped as soon as its frame exists; the buffer then
+        holds the frame's bytes instead, until its upload is answered.
+        """
+        freed = new = 0
         for cid in ids:
-            if cid not in missing:
-                del group.chunks[cid]  # present on the server: not needed any more
-        batch: list = []
-        batch_bytes = new = sent = 0
-        for cid in ids:
-            if cid not in missing:
-                continue
-            raw = group.chunks.pop(cid)  # the frame replaces it: free the raw bytes now, not after the upload
+            raw = group.chunks.pop(cid)
             frame = encode_chunk(raw, level=self.level, chunk_id=cid)
+            freed += len(raw) - _held(frame)
             new += len(raw)
             del raw
-            size = HEADER_SIZE + len(frame.data)
-            if batch and batch_bytes + size > self.upload_bytes:
-                self.api.upload(batch)
-                sent += batch_bytes
-                batch, batch_bytes = [], 0
-            batch.append(frame)
-            batch_bytes += size
-        if batch:
-            self.api.upload(batch)
-            sent += batch_bytes
-        with self._room:
+            if freed >= RELEASE_BYTES:
+                self._release(freed)
+                freed = 0
+            yield frame
+        self._release(freed)
+        with self._lock:
             self.bytes_new += new
-            self.bytes_uploaded += sent
-            self.pending_bytes -= group.size
-            self._room.notify_all()
+
+    def _upload(self, group: Group) -> None:
+        """Ask which chunks the server lacks, then compress them while they are being sent.
+
+        The server verifies and stores the first frames while the next are
+        compressed. A frame's room in the buffer is its own size, no longer
+        its chunk's raw size until the upload is answered, so the readers wait
+        less on data that compresses (docs/performance.md).
+        """
+        ids = list(group.chunks)
+        missing = set(self.api.missing(ids))
+        present = [cid for cid in ids if cid not in missing]
+        self._release(sum(len(group.chunks.pop(cid)) for cid in present))  # the server has them
+        todo = [cid for cid in ids if cid in missing]
+        frames = self._compress(group, todo)
+        carry = None
+        while todo:
+            batch = FrameBatch(frames, self.upload_bytes, carry)
+            self.api.upload(batch)
+            with self._lock:
+                self.bytes_uploaded += batch.nbytes
+            self._release(sum(_held(f) for f in batch.made))
+            if batch.exhausted:
+                break
+            carry = batch.carry
         self.done.put((ids, group.items))
+
+
+def _held(frame: Frame) -> int:
+    """What a frame keeps of its chunk's room in the buffer: its size, or the raw size if that is less."""
+    return min(frame.raw_len, HEADER_SIZE + len(frame.data))
 
 
 def put_or_abort(q: queue.Queue, item: object, abort: threading.Event) -> None:
