@@ -381,3 +381,24 @@ def test_schedule_coalescing_and_backoff_decide_the_next_run(tmp_path):
         assert svc._next_job() == Job("manual")
     finally:
         svc.api.close()
+
+
+def test_the_bandwidth_limit_paces_uploads_of_frames_made_while_sent():
+    from bkup.agent.runner import ServiceApi
+    from bkup.core.frames import FrameBatch, encode_chunk
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        b"".join(request.stream)
+        return httpx.Response(200, json={"received": 1, "stored": 1, "duplicates": 0, "bytes_stored": 1})
+
+    api = ServiceApi("http://bkup.test", "tok", transport=httpx.MockTransport(handler), stop=threading.Event(),
+                     on_start=lambda info: None)
+    frame = encode_chunk(os.urandom(50_000))  # incompressible: ~50 KB on the wire
+    api.limit_kbps = 200  # ~0.25 s for it
+    t0 = time.monotonic()
+    api.upload(FrameBatch(iter([frame]), limit=1 << 20))
+    assert time.monotonic() - t0 >= 0.2
+    api.limit_kbps = None
+    t0 = time.monotonic()
+    api.upload(FrameBatch(iter([frame]), limit=1 << 20))
+    assert time.monotonic() - t0 < 0.2
