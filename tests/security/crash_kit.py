@@ -492,13 +492,17 @@ def agent_env(folder: Path) -> dict[str, str]:
     return env
 
 
+def latest_run_status(url: str, token: str, client_id: int) -> str | None:
+    runs = httpx.get(f"{url}{API}/clients/{client_id}/runs", params={"limit": 1},
+                     headers={"Authorization": f"Bearer {token}"}).json()
+    return runs[0]["status"] if runs else None
+
+
 def wait_for_running_run(url: str, token: str, client_id: int, proc: subprocess.Popen, timeout: float = 60) -> bool:
     """True once the client has a running run (the agent is mid-run); False if the agent finished first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        runs = httpx.get(f"{url}{API}/clients/{client_id}/runs", params={"limit": 1},
-                         headers={"Authorization": f"Bearer {token}"}).json()
-        if runs and runs[0]["status"] == "running":
+        if latest_run_status(url, token, client_id) == "running":
             return True
         time.sleep(0.05)
     return False

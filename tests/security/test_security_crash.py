@@ -34,7 +34,17 @@ def test_an_agent_killed_mid_run_is_caught_up_by_the_next_run(tmp_path):
     import random
     import subprocess
 
-    from crash_kit import Server, agent_cmd, agent_env, check_storage, disk_tree, server_tree, setup, wait_for_running_run
+    from crash_kit import (
+        Server,
+        agent_cmd,
+        agent_env,
+        check_storage,
+        disk_tree,
+        latest_run_status,
+        server_tree,
+        setup,
+        wait_for_running_run,
+    )
 
     rnd = random.Random(11)
     st = setup(tmp_path / "server")
@@ -54,11 +64,13 @@ def test_an_agent_killed_mid_run_is_caught_up_by_the_next_run(tmp_path):
             proc = subprocess.Popen(agent_cmd(server.url, st.agent_token, src), env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if wait_for_running_run(server.url, st.token, st.client_id, proc):
-                time.sleep(rnd.uniform(0.0, 0.4))
-                if proc.poll() is None:
-                    killed_mid_run += 1
+                # Until one kill has landed mid-run, kill as soon as the run is seen: on a fast
+                # machine a whole run can take less than the random delay.
+                time.sleep(rnd.uniform(0.0, 0.4) if killed_mid_run else 0.0)
             proc.kill()
             proc.wait()
+            if latest_run_status(server.url, st.token, st.client_id) == "running":  # it never finished its run
+                killed_mid_run += 1
             done = subprocess.run(agent_cmd(server.url, st.agent_token, src), env=env, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stderr
             assert server_tree(server.url, st.token, st.client_id, src) == disk_tree(src)
