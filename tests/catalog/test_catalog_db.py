@@ -8,7 +8,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from bkup.catalog.db import MIGRATIONS_DIR, Catalog
 from bkup.catalog.models import Client, User, Version, metadata
@@ -187,3 +187,69 @@ def test_deleting_a_user_removes_its_rows(catalog: Catalog) -> None:
         s.delete(u)
         s.commit()
         assert s.execute(text("SELECT count(*) FROM clients")).scalar() == 0
+
+
+def test_upgrade_to_compact_catalog_keeps_every_row_and_downgrades_back(db_url: str) -> None:
+    """0005 turns hex chunk and content ids into 32 raw bytes (and, on SQLite, their rows' times into integers):
+    rows, lookups, times and the partial index survive, and a downgrade gives the old spelling back."""
+    from bkup.catalog import queries
+    from bkup.catalog.models import Chunk, Content
+
+    a, b, c = "0a" * 32, "b1" * 32, "fe" * 32
+    file_v1, file_v2 = "1c" * 32, "2d" * 32
+    cat = Catalog(db_url)
+    try:
+        cat.upgrade("0004")
+        t = "2026-01-01 00:00:00"
+        with cat.engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (id, name, password_hash, is_admin, created_at) VALUES (1, 'u', 'x', :f, :t)"), {"f": False, "t": t})
+            conn.execute(text("INSERT INTO clients (id, user_id, name, created_at) VALUES (1, 1, 'c', :t)"), {"t": t})
+            conn.execute(text("INSERT INTO packs (id, user_id, size, n_chunks, created_at, state) VALUES (:p, 1, 100, 3, :t, 'live')"), {"p": "9" * 32, "t": t})
+            for n, cid in enumerate((a, b, c)):
+                conn.execute(text('INSERT INTO chunks (user_id, id, pack_id, "offset", length, raw_len, flags, created_at, last_seen) '
+                                  "VALUES (1, :id, :p, :o, 10, 4, 0, :t, :t)"), {"id": cid, "p": "9" * 32, "o": 8 + 10 * n, "t": t})
+            for content, chunks in ((file_v1, a + b), (file_v2, c)):
+                conn.execute(text("INSERT INTO contents (user_id, id, size, n_chunks, chunk_ids, created_at, last_seen) "
+                                  "VALUES (1, :id, :size, :n, :blob, :t, :t)"),
+                             {"id": content, "size": 4 * len(chunks) // 64, "n": len(chunks) // 64, "blob": bytes.fromhex(chunks), "t": t})
+            for path, parent, name, kind, content, vf, vt in (
+                ("/d", "/", "d", "dir", None, 1, None),
+                ("/d/f", "/d", "f", "file", file_v1, 1, 2),
+                ("/d/f", "/d", "f", "file", file_v2, 2, None),
+            ):
+                conn.execute(text("INSERT INTO versions (client_id, path, parent, name, kind, size, mtime_ns, mode, uid, gid, content_id, valid_from, valid_to) "
+                                  "VALUES (1, :path, :parent, :name, :kind, 0, 0, 0, 0, 0, :content, :vf, :vt)"),
+                             {"path": path, "parent": parent, "name": name, "kind": kind, "content": content, "vf": vf, "vt": vt})
+        cat.upgrade()
+        length = "octet_length" if cat.kind == "postgresql" else "length"
+        if cat.kind == "sqlite":
+            with cat.engine.connect() as conn:
+                assert conn.execute(text("SELECT DISTINCT typeof(last_seen) || typeof(created_at) FROM contents")).scalars().all() == ["integerinteger"]
+        with cat.engine.connect() as conn:
+            assert conn.execute(text(f"SELECT DISTINCT {length}(id) FROM chunks")).scalars().all() == [32]
+            assert conn.execute(text(f"SELECT DISTINCT {length}(content_id) FROM versions WHERE content_id IS NOT NULL")).scalars().all() == [32]
+        with cat.session() as s:
+            assert sorted(s.scalars(select(Chunk.id))) == [a, b, c]
+            assert {x.id: bytes(x.chunk_ids).hex() for x in s.scalars(select(Content))} == {file_v1: a + b, file_v2: c}
+            assert {(x.created_at, x.last_seen) for x in s.scalars(select(Chunk))} == {(datetime(2026, 1, 1, tzinfo=UTC),) * 2}
+            assert [v.content_id for v in queries.history(s, 1, "/d/f")] == [file_v2, file_v1]  # newest first
+            assert queries.get_version(s, 1, "/d", 2).content_id is None
+            assert queries.chunk_locations(s, 1, [c, a, "77" * 32])[a].offset == 8
+            assert queries.missing_chunks(s, 1, [a, "77" * 32]) == ["77" * 32]
+        # Still one current version per path: the partial unique index came through the table rebuild.
+        with pytest.raises(Exception, match="(?i)unique"):
+            with cat.engine.begin() as conn:
+                conn.execute(text("INSERT INTO versions (client_id, path, parent, name, kind, size, mtime_ns, mode, uid, gid, valid_from) "
+                                  "VALUES (1, '/d/f', '/d', 'f', 'dir', 0, 0, 0, 0, 0, 3)"))
+        from alembic import command
+
+        cfg = cat.alembic_config()
+        with cat.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0004")
+        with cat.engine.connect() as conn:
+            assert sorted(conn.execute(text("SELECT id FROM chunks")).scalars()) == [a, b, c]
+            assert sorted(conn.execute(text("SELECT content_id FROM versions WHERE content_id IS NOT NULL")).scalars()) == [file_v1, file_v2]
+            assert {str(t)[:19] for t in conn.execute(text("SELECT last_seen FROM chunks")).scalars()} == {t}
+    finally:
+        cat.dispose()

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Table, and_, bindparam, delete, exists, func, select, update
 from sqlmodel import Session
 
-from bkup.catalog.models import Chunk, Client, Content, Pack, Run, Version
+from bkup.catalog.models import Chunk, Client, Content, Pack, Run, Version, id_from_db, id_to_db
 from bkup.catalog.queries import IN_PIECE, ChunkLocation, _driver_value, _pieces, _rows_by_ids
 
 _chunks: Table = Chunk.__table__  # type: ignore[assignment]
@@ -51,10 +51,11 @@ def touch(
         stale_before = _driver_value(s, table, "last_seen", now - refresh)
         # Locked in id order (PostgreSQL), like GC's repoint: no lock cycles between them.
         sql = f"SELECT id FROM {table.name} WHERE user_id = {{m}} AND last_seen < {{m}} AND id IN ({{ids}}) ORDER BY id"
-        stale = [row[0] for row in _rows_by_ids(s, sql, list(dict.fromkeys(ids)), user_id, stale_before, for_update=True)]
+        raw_ids = [id_to_db(i) for i in dict.fromkeys(ids)]
+        stale = [row[0] for row in _rows_by_ids(s, sql, raw_ids, user_id, stale_before, for_update=True)]
         for piece in _pieces(stale):
             n += s.execute(
-                update(table).where(table.c.user_id == user_id, table.c.id.in_(piece)).values(last_seen=now)
+                update(table).where(table.c.user_id == user_id, table.c.id.in_([id_from_db(r) for r in piece])).values(last_seen=now)
             ).rowcount
     return n
 
@@ -120,7 +121,7 @@ def stale_chunk_ids(s: Session, user_id: int, cutoff: datetime) -> Iterator[byte
     """Raw ids of the user's chunks nobody touched since `cutoff` (GC's candidates)."""
     q = select(_chunks.c.id).where(_chunks.c.user_id == user_id, _chunks.c.last_seen < cutoff)
     for (cid,) in s.execute(q.execution_options(yield_per=5000)):
-        yield bytes.fromhex(cid)
+        yield id_to_db(cid)
 
 
 @dataclass(frozen=True, slots=True)

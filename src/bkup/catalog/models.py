@@ -6,19 +6,22 @@ Conventions, the same on SQLite and PostgreSQL:
   INTEGER is 32-bit).
 - Timestamps are timezone-aware UTC datetimes going in and coming out
   (`UTCDateTime` is the one place that normalises them; SQLite stores them
-  as naive UTC text).
+  as naive UTC text, except the two of every chunk and content row, which
+  `CompactUTCDateTime` stores there as integer microseconds).
 - Paths are wire-form `str` (`bkup.core.paths`). Path-like columns sort
   byte-wise: `COLLATE "C"` on PostgreSQL, SQLite's default BINARY collation
   elsewhere, so SQL ordering equals Python's `str` ordering and `after`
   paging agrees with both.
-- Chunk and content ids are 64 lowercase hex characters; pack ids 32.
+- Chunk and content ids are 64 lowercase hex characters in Python and 32
+  raw bytes in the database (`HexId`: BLOB / bytea, half the size in rows
+  and keys; byte order is hex order); pack ids 32 hex characters.
 - Rows owned by a user or a client go with it (ON DELETE CASCADE); a pack
   cannot be deleted while a chunk row still points into it.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -81,6 +84,67 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+class HexId(TypeDecorator[str]):
+    """A 32-byte id (chunk, content) stored as raw bytes, handled as 64 lowercase hex characters.
+
+    The driver-level bulk paths (`catalog.queries`) bypass this conversion
+    and use `id_to_db` / `id_from_db` themselves.
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> bytes | None:
+        return None if value is None else id_to_db(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> str | None:
+        return None if value is None else id_from_db(value)
+
+
+def id_to_db(hex_id: str) -> bytes:
+    """A hex id as the catalog stores it; a malformed one is a ValueError, never stored."""
+    raw = bytes.fromhex(hex_id)
+    if len(raw) != 32:
+        raise ValueError(f"not a 32-byte id: {hex_id!r:.80}")
+    return raw
+
+
+def id_from_db(raw: bytes | memoryview) -> str:
+    return bytes(raw).hex()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class CompactUTCDateTime(UTCDateTime):
+    """`UTCDateTime` for the timestamps of rows that come by the million (chunks, contents).
+
+    On SQLite an integer of microseconds since the epoch (at most 8 bytes, where
+    `UTCDateTime` stores 26 characters of text); on PostgreSQL the same
+    timestamptz. Exact to the microsecond, like a Python datetime; ordered and
+    compared like the time it stands for.
+    """
+
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return super().load_dialect_impl(dialect)
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> Any:
+        value = super().process_bind_param(value, dialect)
+        if value is None or dialect.name != "sqlite":
+            return value
+        return (value.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
+
+    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
+        if value is None or dialect.name != "sqlite":
+            return super().process_result_value(value, dialect)
+        return _EPOCH + timedelta(microseconds=value)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -105,9 +169,13 @@ def _ts(default_factory: Any = utcnow, *, nullable: bool = False) -> Any:
     return Field(default_factory=default_factory, sa_column=Column(UTCDateTime(), nullable=False))
 
 
+def _created_compact() -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(CompactUTCDateTime(), nullable=False))
+
+
 def _touched() -> Any:
     """A NOT NULL timestamp that Core inserts fill with now (queries insert rows as plain dicts)."""
-    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, default=utcnow))
+    return Field(default_factory=utcnow, sa_column=Column(CompactUTCDateTime(), nullable=False, default=utcnow))
 
 
 def _json() -> Any:
@@ -229,7 +297,7 @@ class Version(CatalogModel, table=True):
     mode: int = 0
     uid: int = _big(0)
     gid: int = _big(0)
-    content_id: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    content_id: str | None = Field(default=None, sa_column=Column(HexId(), nullable=True))
     link_target: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     valid_from: int  # run seq that opened this version
     valid_to: int | None = None  # run seq that closed it; None: current
@@ -245,11 +313,11 @@ class Content(CatalogModel, table=True):
     __tablename__ = "contents"
 
     user_id: int = Field(sa_column=Column(Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True))
-    id: str = Field(sa_column=Column(String(64), primary_key=True))
+    id: str = Field(sa_column=Column(HexId(), primary_key=True))
     size: int = _big()
     n_chunks: int
     chunk_ids: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    created_at: datetime = _ts()
+    created_at: datetime = _created_compact()
     last_seen: datetime = _touched()  # GC never collects what was touched within its grace period
 
 
@@ -272,13 +340,13 @@ class Chunk(CatalogModel, table=True):
     __tablename__ = "chunks"
 
     user_id: int = Field(sa_column=Column(Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True))
-    id: str = Field(sa_column=Column(String(64), primary_key=True))
+    id: str = Field(sa_column=Column(HexId(), primary_key=True))
     pack_id: str = Field(sa_column=Column(String(32), ForeignKey("packs.id"), nullable=False, index=True))
     offset: int = _big()
     length: int
     raw_len: int
     flags: int
-    created_at: datetime = _ts()
+    created_at: datetime = _created_compact()
     last_seen: datetime = _touched()  # uploaded, asked for or committed (see docs/retention.md)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from bkup import protocol
-from bkup.catalog.models import COMPARED_FIELDS, Chunk, Client, Content, Log, Pack, Run, Version
+from bkup.catalog.models import COMPARED_FIELDS, Chunk, Client, Content, Log, Pack, Run, Version, id_from_db, id_to_db
 from bkup.core import hashing
 from bkup.core import paths as core_paths
 from bkup.errors import Conflict, NotFound, UsageError
@@ -42,6 +42,8 @@ _CHUNK_COLS = ("user_id", "id", "pack_id", "offset", "length", "raw_len", "flags
 _CONTENT_COLS = ("user_id", "id", "size", "n_chunks", "chunk_ids", "created_at", "last_seen")
 _ENTRY_COLS = ("path", "parent", "name", "kind", "size", "mtime_ns", "mode", "uid", "gid", "content_id", "link_target")  # `_Pending.row`
 _VERSION_COLS = ("client_id", "valid_from", *_ENTRY_COLS)
+_CONTENT_AT = _ENTRY_COLS.index("content_id")  # the one entry column that goes in as raw bytes
+assert _ENTRY_COLS[_CONTENT_AT + 1 :] == ("link_target",)
 
 
 class MissingChunksError(Conflict):
@@ -173,7 +175,8 @@ def as_of(run_seq: int) -> ColumnElement[bool]:
 
 
 def _chunk_raw_lens(s: Session, user_id: int, ids: Sequence[str]) -> dict[str, int]:
-    return dict(_rows_by_ids(s, "SELECT id, raw_len FROM chunks WHERE user_id = {m} AND id IN ({ids})", ids, user_id))
+    sql = "SELECT id, raw_len FROM chunks WHERE user_id = {m} AND id IN ({ids})"
+    return {id_from_db(raw): n for raw, n in _rows_by_ids(s, sql, [id_to_db(i) for i in ids], user_id)}
 
 
 def missing_chunks(s: Session, user_id: int, ids: Sequence[str]) -> list[str]:
@@ -203,7 +206,7 @@ def record_pack(s: Session, user_id: int, pack_id: str, size: int, entries: Sequ
     # Sorted, so that two transactions inserting overlapping ids cannot deadlock on PostgreSQL.
     ts = _driver_value(s, _chunks, "created_at", now)
     rows = [
-        (user_id, e.id, pack_id, e.offset, e.length, e.raw_len, e.flags, ts, ts)
+        (user_id, id_to_db(e.id), pack_id, e.offset, e.length, e.raw_len, e.flags, ts, ts)
         for e in sorted(first.values(), key=lambda e: e.id)
     ]
     return _bulk_insert(s, _chunks, _CHUNK_COLS, rows, skip_existing=True)
@@ -212,7 +215,11 @@ def record_pack(s: Session, user_id: int, pack_id: str, size: int, entries: Sequ
 def chunk_locations(s: Session, user_id: int, ids: Sequence[str]) -> dict[str, ChunkLocation]:
     """Where each of `ids` lives; ids the user does not hold are absent from the answer."""
     sql = 'SELECT id, pack_id, "offset", length, raw_len, flags FROM chunks WHERE user_id = {m} AND id IN ({ids})'
-    return {row[0]: ChunkLocation(*row) for row in _rows_by_ids(s, sql, list(dict.fromkeys(ids)), user_id)}
+    found = {}
+    for raw, *rest in _rows_by_ids(s, sql, [id_to_db(i) for i in dict.fromkeys(ids)], user_id):
+        cid = id_from_db(raw)
+        found[cid] = ChunkLocation(cid, *rest)
+    return found
 
 
 # --- runs ---------------------------------------------------------------------------
@@ -273,6 +280,7 @@ class _Pending:
 
     row: dict[str, Any]  # the versions row to insert, without valid_from/valid_to
     chunks: list[str] | None
+    content_raw: bytes | None  # row["content_id"] as the catalog stores it
 
 
 def _check_entry(e: protocol.Entry) -> _Pending:
@@ -313,7 +321,7 @@ def _check_entry(e: protocol.Entry) -> _Pending:
         "content_id": content_id,
         "link_target": e.link_target,
     }
-    return _Pending(row, list(e.chunks) if e.chunks is not None else None)
+    return _Pending(row, list(e.chunks) if e.chunks is not None else None, None if content_id is None else id_to_db(content_id))
 
 
 def _current_versions(s: Session, client_id: int, path_list: Sequence[str]) -> dict[str, Any]:
@@ -415,14 +423,14 @@ def commit_entries(
                 to_close.append(cur.id)
             else:
                 raise _later_run(path, cur.valid_from, run_seq)
-        new_rows.append((client_id, run_seq, *(p.row[c] for c in _ENTRY_COLS)))
+        new_rows.append((client_id, run_seq, *(p.row[c] for c in _ENTRY_COLS[:_CONTENT_AT]), p.content_raw, p.row["link_target"]))
         if p.row["content_id"] is not None:
             new_contents.setdefault(p.row["content_id"], p)
 
     if new_contents:
         ts = _driver_value(s, _contents, "created_at", _now())
         rows = [
-            (user_id, cid, p.row["size"], len(p.chunks or ()), bytes.fromhex("".join(p.chunks or ())), ts, ts)
+            (user_id, id_to_db(cid), p.row["size"], len(p.chunks or ()), bytes.fromhex("".join(p.chunks or ())), ts, ts)
             for cid, p in sorted(new_contents.items())
         ]
         _bulk_insert(s, _contents, _CONTENT_COLS, rows, skip_existing=True)

@@ -12,15 +12,17 @@ from typing import Any
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from bkup.catalog.models import UTCDateTime, metadata
+from bkup.catalog.models import HexId, UTCDateTime, metadata
 
 config = context.config
 
 
 def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
-    # Revisions must not depend on the models module: spell UTCDateTime as its column type.
+    # Revisions must not depend on the models module: spell our types as their column types.
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
+    if type_ == "type" and isinstance(obj, HexId):
+        return "sa.LargeBinary()"
     return False
 
 
