@@ -27,6 +27,64 @@ def test_missing_chunks_keeps_order_drops_duplicates_and_scopes_by_user(catalog:
         assert queries.missing_chunks(s, bob, [a, b]) == [a, b]
 
 
+def test_touch_answers_what_it_found_and_writes_only_stale_rows(catalog: Catalog, world: World) -> None:
+    """garbage.touch: the raw length of every chunk held (the callers' existence check), scoped by user;
+    rows seen within `refresh` are left alone, older ones get `last_seen = now`."""
+    from bkup.catalog import garbage
+
+    alice, bob = world.user(), world.user()
+    fresh, old = world.chunks(alice, ["fresh"], raw_len=7) + world.chunks(alice, ["old"], raw_len=9)
+    bobs = world.chunks(bob, ["bob"])[0]
+    long_ago = datetime.now(UTC) - timedelta(days=3)
+    with catalog.session() as s:
+        s.execute(Chunk.__table__.update().where(Chunk.id == old).values(last_seen=long_ago))
+        seen_fresh = s.scalars(select(Chunk.last_seen).where(Chunk.id == fresh)).one()
+        s.commit()
+    now = datetime.now(UTC)
+    absent = fake_chunk_id("absent")
+    ids = [absent, old, fresh, old, bobs] + [fake_chunk_id(f"n{i}") for i in range(600)]  # beyond one IN list
+    with catalog.session() as s:
+        held = garbage.touch(s, alice, chunk_ids=ids, now=now, refresh=timedelta(minutes=5))
+        s.commit()
+    assert held == {fresh: 7, old: 9}
+    with catalog.session() as s:
+        times = dict(s.execute(select(Chunk.id, Chunk.last_seen).where(Chunk.user_id == alice)).all())
+    assert times == {fresh: seen_fresh, old: now}
+
+
+def test_touch_does_not_answer_for_a_stale_chunk_gc_deleted_before_the_touch_wrote(catalog: Catalog, world: World) -> None:
+    """GC may delete a stale chunk between the touch's lookup and its UPDATE (on SQLite nothing is
+    locked in between): the touch then does not name it, so the caller sees it missing."""
+    from sqlalchemy import event
+
+    from bkup.catalog import garbage
+    from bkup.catalog.models import id_to_db
+
+    alice = world.user()
+    doomed, kept = world.chunks(alice, ["doomed", "kept"])
+    with catalog.session() as s:
+        s.execute(Chunk.__table__.update().values(last_seen=datetime.now(UTC) - timedelta(days=3)))
+        s.commit()
+
+    struck = []
+
+    def gc_strikes(conn, cursor, statement, parameters, context, executemany):
+        if not struck and statement.lstrip().upper().startswith("UPDATE CHUNKS"):
+            struck.append(statement)
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            cursor.execute(f"DELETE FROM chunks WHERE id = {mark}", (id_to_db(doomed),))
+
+    event.listen(catalog.engine, "before_cursor_execute", gc_strikes)
+    try:
+        with catalog.session() as s:
+            held = garbage.touch(s, alice, chunk_ids=[doomed, kept], now=datetime.now(UTC), refresh=timedelta(minutes=5))
+            s.commit()
+    finally:
+        event.remove(catalog.engine, "before_cursor_execute", gc_strikes)
+    assert struck, "the touch never wrote"
+    assert held == {kept: 100}
+
+
 def test_record_pack_is_idempotent_and_first_pack_wins(catalog: Catalog, world: World) -> None:
     user = world.user()
     ids = [fake_chunk_id(str(i)) for i in range(3)]

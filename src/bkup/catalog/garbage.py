@@ -39,25 +39,49 @@ RETIRED = "retired"
 def touch(
     s: Session, user_id: int, *, chunk_ids: Sequence[str] = (), content_ids: Sequence[str] = (),
     now: datetime, refresh: timedelta = timedelta(0),
-) -> int:
-    """Set `last_seen = now` on these chunks and contents of the user; returns rows updated.
+) -> dict[str, int]:
+    """Set `last_seen = now` on these chunks and contents of the user; returns the raw length of
+    each of `chunk_ids` the user holds (an id absent from the answer is missing).
 
     Rows touched within `refresh` are left alone (a read, not a write): the
     caller then relies on them for at most grace − refresh, far more than any
-    request takes.
+    request takes. What the answer names stays, by GC's protocol, for that
+    long: callers check existence and lengths from it rather than look every
+    id up again.
     """
-    n = 0
-    for table, ids in ((_chunks, chunk_ids), (_contents, content_ids)):
-        stale_before = _driver_value(s, table, "last_seen", now - refresh)
-        # Locked in id order (PostgreSQL), like GC's repoint: no lock cycles between them.
-        sql = f"SELECT id FROM {table.name} WHERE user_id = {{m}} AND last_seen < {{m}} AND id IN ({{ids}}) ORDER BY id"
-        raw_ids = [id_to_db(i) for i in dict.fromkeys(ids)]
-        stale = [row[0] for row in _rows_by_ids(s, sql, raw_ids, user_id, stale_before, for_update=True)]
-        for piece in _pieces(stale):
-            n += s.execute(
-                update(table).where(table.c.user_id == user_id, table.c.id.in_([id_from_db(r) for r in piece])).values(last_seen=now)
-            ).rowcount
-    return n
+    stale_before = _driver_value(s, _chunks, "last_seen", now - refresh)
+    sql = "SELECT id, raw_len, CASE WHEN last_seen < {m} THEN 1 ELSE 0 END FROM chunks WHERE user_id = {m} AND id IN ({ids})"
+    raw_ids = [id_to_db(i) for i in dict.fromkeys(chunk_ids)]
+    found: dict[bytes, int] = {}
+    stale: list[bytes] = []
+    for raw, raw_len, is_stale in _rows_by_ids(s, sql, raw_ids, stale_before, user_id):
+        found[bytes(raw)] = raw_len
+        if is_stale:
+            stale.append(bytes(raw))
+    # A stale chunk GC deleted since the lookup is missing after all.
+    kept = _lock_and_touch(s, _chunks, user_id, stale, now)
+    for raw in set(stale) - kept:
+        del found[raw]
+    content_stale = _driver_value(s, _contents, "last_seen", now - refresh)
+    _lock_and_touch(s, _contents, user_id, [id_to_db(i) for i in dict.fromkeys(content_ids)], now, stale_before=content_stale)
+    return {id_from_db(raw): n for raw, n in found.items()}
+
+
+def _lock_and_touch(s: Session, table: Table, user_id: int, raw_ids: Sequence[bytes], now: datetime, *, stale_before: object = None) -> set[bytes]:
+    """Lock these rows that still exist (and, given `stale_before`, are older) and set their `last_seen`;
+    returns the ids of the rows updated."""
+    # Locked in id order (PostgreSQL), like GC's repoint: no lock cycles between them.
+    older = " AND last_seen < {m}" if stale_before is not None else ""
+    sql = f"SELECT id FROM {table.name} WHERE user_id = {{m}}{older} AND id IN ({{ids}}) ORDER BY id"
+    params = (user_id, stale_before) if stale_before is not None else (user_id,)
+    locked = [id_from_db(row[0]) for row in _rows_by_ids(s, sql, sorted(raw_ids), *params, for_update=True)]
+    # What the UPDATE itself reports: on SQLite the SELECT above locks nothing, and GC may delete
+    # a row before this statement takes the write lock.
+    updated: set[bytes] = set()
+    for piece in _pieces(locked):
+        stmt = update(table).where(table.c.user_id == user_id, table.c.id.in_(piece)).values(last_seen=now).returning(table.c.id)
+        updated.update(id_to_db(cid) for cid in s.scalars(stmt))
+    return updated
 
 
 # --- marking --------------------------------------------------------------------------

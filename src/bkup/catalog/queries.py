@@ -14,7 +14,7 @@ has `valid_to IS NULL` (at most one per path, a partial unique index).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -380,6 +380,7 @@ def commit_entries(
     user_id: int,
     run_seq: int,
     entries: Sequence[protocol.Entry] | CheckedEntries,
+    raw_lens: Mapping[str, int] | None = None,
 ) -> tuple[int, int]:
     """Open new versions for the entries of run `run_seq`; returns (committed, unchanged).
 
@@ -391,11 +392,16 @@ def commit_entries(
     → unchanged; current version opened by this same run → replaced;
     otherwise the current version is closed at `run_seq` and the new one
     opened there.
+
+    `raw_lens` are the chunks' lengths as the caller's touch found them
+    (`garbage.touch`, which answers for the chunks it found: GC's protocol
+    keeps them); without it, the chunks are looked up here.
     """
     checked = entries if isinstance(entries, CheckedEntries) else check_entries(entries)
     pending = checked.pending
     all_chunks = checked.chunk_ids
-    raw_lens = _chunk_raw_lens(s, user_id, all_chunks)
+    if raw_lens is None:
+        raw_lens = _chunk_raw_lens(s, user_id, all_chunks)
     missing = [c for c in all_chunks if c not in raw_lens]
     if missing:
         raise MissingChunksError(missing)

@@ -44,15 +44,20 @@ def _grace(ctx: ServerContext) -> timedelta:
 # --- the backup side of the protocol -----------------------------------------------------
 
 
-def touch(ctx: ServerContext, user_id: int, *, chunk_ids: Sequence[str] = (), content_ids: Sequence[str] = ()) -> None:
-    """Mark chunks and contents as in use now, in a transaction of their own (committed on return)."""
+def touch(ctx: ServerContext, user_id: int, *, chunk_ids: Sequence[str] = (), content_ids: Sequence[str] = ()) -> dict[str, int]:
+    """Mark chunks and contents as in use now, in a transaction of their own (committed on return).
+
+    Returns the raw length of each chunk the user holds (`garbage.touch`): a
+    caller relies on exactly those, and needs no lookup of its own.
+    """
     if not chunk_ids and not content_ids:
-        return
+        return {}
     grace = _grace(ctx)
     refresh = min(grace / 4, timedelta(minutes=5))
     with ctx.catalog.session() as s:
-        garbage.touch(s, user_id, chunk_ids=chunk_ids, content_ids=content_ids, now=_now(), refresh=refresh)
+        found = garbage.touch(s, user_id, chunk_ids=chunk_ids, content_ids=content_ids, now=_now(), refresh=refresh)
         s.commit()
+    return found
 
 
 # --- collecting ---------------------------------------------------------------------------

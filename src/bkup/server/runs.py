@@ -66,12 +66,12 @@ def commit_versions(ctx: ServerContext, principal: Principal, run_id: int, entri
     if len(entries) > protocol.MAX_ENTRIES_PER_BATCH:
         raise UsageError(f"too many entries in one batch: {len(entries)} > {protocol.MAX_ENTRIES_PER_BATCH}")
     checked = queries.check_entries(entries)  # a bad batch is refused before anything is touched
-    # Touched before the commit relies on them: GC's protocol (server.gc).
-    gc.touch(ctx, principal.user_id, chunk_ids=checked.chunk_ids, content_ids=checked.content_ids)
+    # Touched before the commit relies on them: GC's protocol (server.gc). The touch finds them too.
+    held = gc.touch(ctx, principal.user_id, chunk_ids=checked.chunk_ids, content_ids=checked.content_ids)
     with ctx.catalog.session() as s:
         run = _running_run(s, principal, run_id)
         committed, unchanged = queries.commit_entries(
-            s, client_id=run.client_id, user_id=principal.user_id, run_seq=run.seq, entries=checked
+            s, client_id=run.client_id, user_id=principal.user_id, run_seq=run.seq, entries=checked, raw_lens=held
         )
         _touch(s, run)
         s.commit()

@@ -12,7 +12,6 @@ from litestar.response import Stream
 from litestar.params import JSONBody
 
 from bkup import protocol
-from bkup.catalog import queries
 from bkup.core.frames import Frame, FrameParser
 from bkup.server import gc, reads
 from bkup.server.api.deps import Caller, Ctx
@@ -95,9 +94,8 @@ class ChunkController(Controller):
     def missing(self, data: JSONBody[protocol.ChunkQuery], ctx: Ctx, principal: Caller) -> protocol.ChunkMissing:
         require_agent(principal)
         ids = reads.check_ids(data.ids)
-        gc.touch(ctx, principal.user_id, chunk_ids=ids)  # re-announced chunks are safe from GC (server.gc)
-        with ctx.catalog.session() as s:
-            missing = queries.missing_chunks(s, principal.user_id, ids)
+        held = gc.touch(ctx, principal.user_id, chunk_ids=ids)  # re-announced chunks are safe from GC (server.gc)
+        missing = [i for i in dict.fromkeys(ids) if i not in held]
         ctx.metrics.observe_lookup(len(ids), len(missing))
         return protocol.ChunkMissing(missing=missing)
 
