@@ -49,7 +49,7 @@ def touch(
     long: callers check existence and lengths from it rather than look every
     id up again.
     """
-    stale_before = _driver_value(s, _chunks, "last_seen", now - refresh)
+    stale_before = _driver_value(s, _chunks, "last_seen", now - refresh)  # contents' last_seen: the same type
     sql = "SELECT id, raw_len, CASE WHEN last_seen < {m} THEN 1 ELSE 0 END FROM chunks WHERE user_id = {m} AND id IN ({ids})"
     raw_ids = [id_to_db(i) for i in dict.fromkeys(chunk_ids)]
     found: dict[bytes, int] = {}
@@ -62,8 +62,7 @@ def touch(
     kept = _lock_and_touch(s, _chunks, user_id, stale, now)
     for raw in set(stale) - kept:
         del found[raw]
-    content_stale = _driver_value(s, _contents, "last_seen", now - refresh)
-    _lock_and_touch(s, _contents, user_id, [id_to_db(i) for i in dict.fromkeys(content_ids)], now, stale_before=content_stale)
+    _lock_and_touch(s, _contents, user_id, [id_to_db(i) for i in dict.fromkeys(content_ids)], now, stale_before=stale_before)
     return {id_from_db(raw): n for raw, n in found.items()}
 
 
