@@ -123,12 +123,20 @@ class Catalog:
         from alembic import command
 
         cfg = self.alembic_config()
+        before = self.current_revision() if self.kind == "sqlite" else None
         with self.engine.begin() as conn:
             if self.kind == "postgresql":
                 # Replicas starting together migrate one after the other.
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+        if self.kind == "sqlite" and before is not None and self.current_revision() != before:
+            # A migration that rebuilds tables (0005) leaves the old pages free inside the file: the
+            # catalog of a first backup of 50,000 files went from 54 to 105 MB. Give them back once.
+            # At start-up, before anything else uses the catalog; VACUUM went through the WAL.
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM")
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def current_revision(self) -> str | None:
         """The schema revision the database is at (None: not initialised)."""
