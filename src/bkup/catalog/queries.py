@@ -280,7 +280,6 @@ class _Pending:
 
     row: dict[str, Any]  # the versions row to insert, without valid_from/valid_to
     chunks: list[str] | None
-    content_raw: bytes | None  # row["content_id"] as the catalog stores it
 
 
 def _check_entry(e: protocol.Entry) -> _Pending:
@@ -321,7 +320,7 @@ def _check_entry(e: protocol.Entry) -> _Pending:
         "content_id": content_id,
         "link_target": e.link_target,
     }
-    return _Pending(row, list(e.chunks) if e.chunks is not None else None, None if content_id is None else id_to_db(content_id))
+    return _Pending(row, list(e.chunks) if e.chunks is not None else None)
 
 
 def _current_versions(s: Session, client_id: int, path_list: Sequence[str]) -> dict[str, Any]:
@@ -429,9 +428,11 @@ def commit_entries(
                 to_close.append(cur.id)
             else:
                 raise _later_run(path, cur.valid_from, run_seq)
-        new_rows.append((client_id, run_seq, *(p.row[c] for c in _ENTRY_COLS[:_CONTENT_AT]), p.content_raw, p.row["link_target"]))
-        if p.row["content_id"] is not None:
-            new_contents.setdefault(p.row["content_id"], p)
+        content = p.row["content_id"]
+        raw_content = None if content is None else id_to_db(content)
+        new_rows.append((client_id, run_seq, *(p.row[c] for c in _ENTRY_COLS[:_CONTENT_AT]), raw_content, p.row["link_target"]))
+        if content is not None:
+            new_contents.setdefault(content, p)
 
     if new_contents:
         ts = _driver_value(s, _contents, "created_at", _now())
