@@ -38,6 +38,9 @@ __all__ = [
 
 # S3 parts are uploaded one block at a time: this is the most a writer holds.
 S3_BLOCK_SIZE = 8 * 2**20
+# A local object is written through a buffer of this size: a pack of many small
+# blobs would otherwise cost one write system call per ~8 KiB.
+LOCAL_WRITE_BUFFER = 2**20
 
 _TEMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{16}$")
 
@@ -275,7 +278,7 @@ class FsspecStore:
         translate = lambda e: self._error("write", key, e)  # noqa: E731
         try:
             os.makedirs(folder, exist_ok=True)
-            raw = open(tmp, "xb")
+            raw = open(tmp, "xb", buffering=LOCAL_WRITE_BUFFER)
         except OSError as e:
             raise translate(e) from e
         try:
