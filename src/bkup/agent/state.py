@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from bkup.errors import ConfigError
 
@@ -47,9 +48,11 @@ def _i64(n: int) -> int:
     return n - (1 << 64) if n >= 1 << 63 else n
 
 
-@dataclass(frozen=True, slots=True)
-class CachedEntry:
-    """What was committed for one path. `content`: content id (file), target (symlink, wire), "" (dir)."""
+class CachedEntry(NamedTuple):
+    """What was committed for one path. `content`: content id (file), target (symlink, wire), "" (dir).
+
+    A named tuple, like `scanner.ScanEntry`: one is made per cached path a walk looks up.
+    """
 
     kind: str
     size: int
@@ -173,7 +176,7 @@ class _Transaction:
 
 
 def _with_inode(entry: CachedEntry, inode: int) -> CachedEntry:
-    return CachedEntry(**{**asdict(entry), "inode": inode})
+    return entry._replace(inode=inode)
 
 
 # --- identity ------------------------------------------------------------------------
