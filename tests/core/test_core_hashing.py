@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from blake3 import blake3
 
-from bkup.core.hashing import EMPTY_CONTENT_ID, chunk_id, content_id, is_chunk_id
+from bkup.core.hashing import EMPTY_CONTENT_ID, chunk_id, content_id, content_id_of_checked, is_chunk_id
 
 # Official BLAKE3 test vectors (hash of b"" and of b"abc").
 BLAKE3_EMPTY = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
@@ -54,3 +54,12 @@ def test_is_chunk_id(value: object, ok: bool) -> None:
 def test_content_id_refuses_other_spellings(bad: str) -> None:
     with pytest.raises(ValueError, match="not a chunk id"):
         content_id([BLAKE3_ABC, bad])
+
+
+def test_content_id_of_checked_ids_hashes_them_in_pieces_as_one_stream() -> None:
+    ids = [chunk_id(i.to_bytes(4, "big")) for i in range(9000)]  # three pieces of 4,096
+    streamed = blake3()
+    for cid in ids:
+        streamed.update(bytes.fromhex(cid))
+    assert content_id_of_checked(ids) == content_id(ids) == streamed.hexdigest()
+    assert content_id_of_checked([]) == EMPTY_CONTENT_ID

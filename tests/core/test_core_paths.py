@@ -249,3 +249,18 @@ def test_relative_parts_refuses(path: str, base: str) -> None:
 
 def test_unsafe_path_is_an_integrity_error() -> None:
     assert issubclass(UnsafePath, IntegrityError)
+
+
+def test_normalize_refuses_exactly_the_paths_with_an_empty_dot_or_dotdot_component() -> None:
+    """normalize checks components one by one only when a path could hold a bad one: compare with doing it always."""
+    rng = random.Random(8)
+    parts = ["", ".", "..", "...", ".a", "a.", "a..b", "a", "bc"]
+    for _ in range(5000):
+        path = "/" + "/".join(rng.choice(parts) for _ in range(rng.randint(1, 4))) + rng.choice(["", "/"])
+        body = path[:-1] if path.endswith("/") and path != "/" else path
+        bad = path != "/" and any(p in ("", ".", "..") for p in body[1:].split("/"))
+        if bad:
+            with pytest.raises(UnsafePath):
+                normalize(path)
+        else:
+            assert normalize(path) == body, path

@@ -290,7 +290,7 @@ def _check_entry(e: protocol.Entry) -> _Pending:
         for c in e.chunks:
             if not hashing.is_chunk_id(c):
                 raise UsageError(f"file {path!r:.200}: not a chunk id: {c!r:.80}")
-        content_id: str | None = hashing.content_id(e.chunks)
+        content_id: str | None = hashing.content_id_of_checked(e.chunks)
     elif e.kind == "symlink":
         if e.link_target is None or e.chunks is not None:
             raise UsageError(f"symlink {path!r:.200}: needs a link target and no chunks")
