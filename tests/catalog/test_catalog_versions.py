@@ -352,6 +352,12 @@ def _plan(catalog: Catalog, statement: str, parameters: object) -> str:
         return "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, parameters).all())
 
 
+def _current_statement(catalog: Catalog, client: int, paths: list[str]) -> list[tuple[str, object]]:
+    """The statement `queries._current_versions` runs on the DBAPI cursor (no engine event sees it)."""
+    dialect = catalog.engine.dialect
+    return [(queries.id_list_statement(dialect, queries.current_versions_sql(dialect), len(paths)), (client, *paths))]
+
+
 def test_queries_use_the_indexes(catalog: Catalog, world: World, setup) -> None:
     user, client = setup
     r1 = world.start(client)
@@ -363,7 +369,7 @@ def test_queries_use_the_indexes(catalog: Catalog, world: World, setup) -> None:
             conn.commit()
     with catalog.session() as s:
         children = _statements(catalog, lambda: queries.list_children(s, client, "/d3", r1))
-        current = _statements(catalog, lambda: queries._current_versions(s, client, ["/d3/1", "/d4/2"]))
+        current = _current_statement(catalog, client, ["/d3/1", "/d4/2"])
         under = _statements(
             catalog,
             lambda: queries.list_under(s, client_id=client, user_id=user, path="/d3", run_seq=r1, after="/d3/3", limit=10, with_chunks=True),
@@ -371,7 +377,9 @@ def test_queries_use_the_indexes(catalog: Catalog, world: World, setup) -> None:
         one = _statements(catalog, lambda: queries.get_version(s, client, "/d3/1", r1))
         # A commit batch looks up 500 paths at a time: with no statistics SQLite once scanned every
         # current version through (client_id, valid_to) instead (the catalog now hints the index).
-        many = _statements(catalog, lambda: queries._current_versions(s, client, [f"/d3/{i}" for i in range(100)] * 5))
+        many = _current_statement(catalog, client, [f"/d3/{i}" for i in range(100)] * 5)
+        found = queries._current_versions(s, client, ["/d3/1", "/d4/2", "/nowhere"])
+        assert sorted(found) == ["/d3/1", "/d4/2"] and found["/d3/1"].kind == "dir" and found["/d3/1"].valid_from == r1
         opened = _statements(catalog, lambda: list(history.opened_by(s, client, user, r1)))
         closed = _statements(catalog, lambda: history.closed_by(s, client, r1))
     named = [("children", children), ("current", current), ("under", under), ("one", one), ("many", many), ("opened", opened), ("closed", closed)]
