@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import ColumnElement, Row, Table, and_, delete, func, null, or_, select, update
@@ -43,6 +44,7 @@ _CONTENT_COLS = ("user_id", "id", "size", "n_chunks", "chunk_ids", "created_at",
 _ENTRY_COLS = ("path", "parent", "name", "kind", "size", "mtime_ns", "mode", "uid", "gid", "content_id", "link_target")  # `_Pending.row`
 _VERSION_COLS = ("client_id", "valid_from", *_ENTRY_COLS)
 _CONTENT_AT = _ENTRY_COLS.index("content_id")  # the one entry column that goes in as raw bytes
+_ROW_HEAD = itemgetter(*_ENTRY_COLS[:_CONTENT_AT])  # a `_Pending.row`'s columns before it
 assert _ENTRY_COLS[_CONTENT_AT + 1 :] == ("link_target",)
 
 
@@ -460,7 +462,7 @@ def commit_entries(
                 raise _later_run(path, cur.valid_from, run_seq)
         content = p.row["content_id"]
         raw_content = None if content is None else id_to_db(content)
-        new_rows.append((client_id, run_seq, *(p.row[c] for c in _ENTRY_COLS[:_CONTENT_AT]), raw_content, p.row["link_target"]))
+        new_rows.append((client_id, run_seq, *_ROW_HEAD(p.row), raw_content, p.row["link_target"]))
         if content is not None:
             new_contents.setdefault(content, p)
 
