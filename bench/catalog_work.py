@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bkup import protocol
-from bkup.catalog import garbage, queries
+from bkup.catalog import commits, garbage, queries
 from bkup.catalog.db import Catalog
 from bkup.catalog.models import Client, User
 from bkup.core.pack import PackEntry
@@ -85,11 +85,11 @@ def one_round(url: str, entries: list[protocol.Entry]) -> dict[str, float]:
         packed = [PackEntry(c, 0, n + 40, n, 1) for c, n in piece]
         timed("record_pack", lambda: in_session(lambda s: queries.record_pack(s, user_id, os.urandom(16).hex(), 1, packed)))
     for i in range(0, len(entries), protocol.MAX_ENTRIES_PER_BATCH):
-        checked = timed("check_entries", lambda: queries.check_entries(entries[i : i + protocol.MAX_ENTRIES_PER_BATCH]))
+        checked = timed("check_entries", lambda: commits.check_entries(entries[i : i + protocol.MAX_ENTRIES_PER_BATCH]))
         held = timed("commit touch", lambda: in_session(lambda s: garbage.touch(
             s, user_id, chunk_ids=checked.chunk_ids, content_ids=checked.content_ids, now=datetime.now(UTC), refresh=REFRESH)))
         with catalog.session() as s:
-            timed("commit_entries", lambda: queries.commit_entries(
+            timed("commit_entries", lambda: commits.commit_entries(
                 s, client_id=client_id, user_id=user_id, run_seq=seq, entries=checked, raw_lens=held))
             timed("transaction commit", s.commit)
     catalog.engine.dispose()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 from bkup import protocol
-from bkup.catalog import queries
+from bkup.catalog import commits, queries
 from bkup.catalog.db import Catalog
 from bkup.catalog.models import Client, User
 
@@ -94,13 +94,13 @@ class World:
 
     def commit(self, client_id: int, user_id: int, seq: int, entries: list[protocol.Entry]) -> tuple[int, int]:
         with self.catalog.session() as s:
-            result = queries.commit_entries(s, client_id=client_id, user_id=user_id, run_seq=seq, entries=entries)
+            result = commits.commit_entries(s, client_id=client_id, user_id=user_id, run_seq=seq, entries=entries)
             s.commit()
             return result
 
     def close(self, client_id: int, seq: int, paths: list[str]) -> int:
         with self.catalog.session() as s:
-            n = queries.close_paths(s, client_id=client_id, run_seq=seq, paths=paths)
+            n = commits.close_paths(s, client_id=client_id, run_seq=seq, paths=paths)
             s.commit()
             return n
 

@@ -10,7 +10,7 @@ from catalog_kit import World, fake_chunk_id
 from sqlalchemy import event, func, select
 
 from bkup import protocol
-from bkup.catalog import history, queries
+from bkup.catalog import commits, history, queries
 from bkup.catalog.db import Catalog
 from bkup.catalog.models import Content, Version
 from bkup.core import hashing
@@ -128,7 +128,7 @@ def test_missing_chunks_refuse_the_whole_batch(catalog: Catalog, world: World, s
     x, y = fake_chunk_id("x"), fake_chunk_id("y")
     r1 = world.start(client)
     batch = [world.file("/ok", [a], 100), world.file("/bad", [y, a, x, y], 400), world.file("/t", [theirs], 100)]
-    with pytest.raises(queries.MissingChunksError) as info:
+    with pytest.raises(commits.MissingChunksError) as info:
         world.commit(client, user, r1, batch)
     assert info.value.missing == [y, x, theirs]
     assert isinstance(info.value, Conflict)
@@ -353,9 +353,9 @@ def _plan(catalog: Catalog, statement: str, parameters: object) -> str:
 
 
 def _current_statement(catalog: Catalog, client: int, paths: list[str]) -> list[tuple[str, object]]:
-    """The statement `queries._current_versions` runs on the DBAPI cursor (no engine event sees it)."""
+    """The statement `commits._current_versions` runs on the DBAPI cursor (no engine event sees it)."""
     dialect = catalog.engine.dialect
-    return [(queries.id_list_statement(dialect, queries.current_versions_sql(dialect), len(paths)), (client, *paths))]
+    return [(queries.id_list_statement(dialect, commits.current_versions_sql(dialect), len(paths)), (client, *paths))]
 
 
 def test_queries_use_the_indexes(catalog: Catalog, world: World, setup) -> None:
@@ -378,7 +378,7 @@ def test_queries_use_the_indexes(catalog: Catalog, world: World, setup) -> None:
         # A commit batch looks up 500 paths at a time: with no statistics SQLite once scanned every
         # current version through (client_id, valid_to) instead (the catalog now hints the index).
         many = _current_statement(catalog, client, [f"/d3/{i}" for i in range(100)] * 5)
-        found = queries._current_versions(s, client, ["/d3/1", "/d4/2", "/nowhere"])
+        found = commits._current_versions(s, client, ["/d3/1", "/d4/2", "/nowhere"])
         assert sorted(found) == ["/d3/1", "/d4/2"] and found["/d3/1"].kind == "dir" and found["/d3/1"].valid_from == r1
         opened = _statements(catalog, lambda: list(history.opened_by(s, client, user, r1)))
         closed = _statements(catalog, lambda: history.closed_by(s, client, r1))

@@ -154,7 +154,7 @@ class _SQLiteHintingCompiler(SQLiteCompiler):
 
     SQLAlchemy drops table hints on SQLite. The catalog needs a few: with no
     statistics, SQLite's planner picks a poor index for some queries (see
-    `queries._current_versions`).
+    `history.opened_by`; `commits._current_versions` names its index in its own SQL).
     """
 
     def get_from_hint_text(self, table: Any, text: str | None) -> str | None:

@@ -1,8 +1,8 @@
-"""The catalog queries the server needs: chunks and packs, runs, committing and closing versions, reading trees.
+"""The catalog queries the server needs: chunks and packs, runs, reading trees (committing: `catalog.commits`).
 
 Every function takes a `Session` first and leaves the transaction to the
 caller (none of them commits). Writes are set-based: one commit batch of
-2,000 entries is a handful of statements (IN lookups in pieces of
+2,000 entries (`catalog.commits`) is a handful of statements (IN lookups in pieces of
 `IN_PIECE`, one executemany insert, one update, one delete), never a round
 trip per entry. Bulk statements go through Core, so Version objects the
 caller loaded earlier in the same session may be stale afterwards.
@@ -14,21 +14,18 @@ has `valid_to IS NULL` (at most one per path, a partial unique index).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import itemgetter
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Row, Table, and_, delete, func, null, or_, select, update
+from sqlalchemy import ColumnElement, Row, Table, and_, func, null, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from bkup import protocol
-from bkup.catalog.models import COMPARED_FIELDS, Chunk, Client, Content, Log, Pack, Run, Version, id_from_db, id_to_db
-from bkup.core import hashing
+from bkup.catalog.models import Chunk, Client, Content, Log, Pack, Run, Version, id_from_db, id_to_db
 from bkup.core import paths as core_paths
-from bkup.errors import Conflict, NotFound, UsageError
+from bkup.errors import NotFound, UsageError
 
 IN_PIECE = 500  # ids or paths per IN (...) list
 
@@ -38,22 +35,8 @@ _packs: Table = Pack.__table__  # type: ignore[assignment]
 _runs: Table = Run.__table__  # type: ignore[assignment]
 _versions: Table = Version.__table__  # type: ignore[assignment]
 
-# Column orders of the bulk inserts (`_bulk_insert` takes rows as tuples).
+# Column order of the chunk rows' bulk insert (`_bulk_insert` takes rows as tuples).
 _CHUNK_COLS = ("user_id", "id", "pack_id", "offset", "length", "raw_len", "flags", "created_at", "last_seen")
-_CONTENT_COLS = ("user_id", "id", "size", "n_chunks", "chunk_ids", "created_at", "last_seen")
-_ENTRY_COLS = ("path", "parent", "name", "kind", "size", "mtime_ns", "mode", "uid", "gid", "content_id", "link_target")  # `_Pending.row`
-_VERSION_COLS = ("client_id", "valid_from", *_ENTRY_COLS)
-_CONTENT_AT = _ENTRY_COLS.index("content_id")  # the one entry column that goes in as raw bytes
-_ROW_HEAD = itemgetter(*_ENTRY_COLS[:_CONTENT_AT])  # a `_Pending.row`'s columns before it
-assert _ENTRY_COLS[_CONTENT_AT + 1 :] == ("link_target",)
-
-
-class MissingChunksError(Conflict):
-    """A commit names chunks the server does not hold for the user (the API answers 409 with the list)."""
-
-    def __init__(self, missing: list[str]) -> None:
-        self.missing = missing
-        super().__init__(f"{len(missing)} chunk(s) missing; upload them first")
 
 
 class PackEntryLike(Protocol):
@@ -274,236 +257,6 @@ def resolve_run(s: Session, client_id: int, *, run: int | None = None, at: datet
             raise NotFound(f"no backup at or before {at.astimezone(UTC).isoformat(timespec='seconds')}")
         return seq
     return s.execute(q).scalar()
-
-
-# --- committing versions ------------------------------------------------------------
-
-class _Current(NamedTuple):
-    """A path's current version, as a commit compares it with an entry (`_current_versions`)."""
-
-    id: int
-    path: str
-    valid_from: int
-    kind: str
-    size: int
-    mtime_ns: int
-    mode: int
-    uid: int
-    gid: int
-    content_id: str | None
-    link_target: str | None
-
-
-assert _Current._fields[3:] == COMPARED_FIELDS
-
-
-@dataclass(slots=True)
-class _Pending:
-    """One entry, checked, on its way into `versions`."""
-
-    row: dict[str, Any]  # the versions row to insert, without valid_from/valid_to
-    chunks: list[str] | None
-
-
-def _check_entry(e: protocol.Entry) -> _Pending:
-    path = _normalize(e.path)
-    if e.kind == "file":
-        if e.chunks is None or e.link_target is not None:
-            raise UsageError(f"file {path!r:.200}: needs a chunk list and no link target")
-        for c in e.chunks:
-            if not hashing.is_chunk_id(c):
-                raise UsageError(f"file {path!r:.200}: not a chunk id: {c!r:.80}")
-        content_id: str | None = hashing.content_id_of_checked(e.chunks)
-    elif e.kind == "symlink":
-        if e.link_target is None or e.chunks is not None:
-            raise UsageError(f"symlink {path!r:.200}: needs a link target and no chunks")
-        try:
-            core_paths.wire_to_fs(e.link_target)
-        except core_paths.UnsafePath as exc:
-            raise UsageError(f"symlink {path!r:.200}: bad link target: {exc}") from None
-        content_id = None
-    elif e.kind == "dir":
-        if e.chunks is not None or e.link_target is not None:
-            raise UsageError(f"directory {path!r:.200}: takes neither chunks nor a link target")
-        content_id = None
-    else:
-        raise UsageError(f"{path!r:.200}: unknown kind {e.kind!r}")
-    if e.size < 0:
-        raise UsageError(f"{path!r:.200}: negative size {e.size}")
-    row = {
-        "path": path,
-        "parent": core_paths.parent_of(path),
-        "name": core_paths.name_of(path),
-        "kind": e.kind,
-        "size": e.size,
-        "mtime_ns": e.mtime_ns,
-        "mode": e.mode,
-        "uid": e.uid,
-        "gid": e.gid,
-        "content_id": content_id,
-        "link_target": e.link_target,
-    }
-    return _Pending(row, list(e.chunks) if e.chunks is not None else None)
-
-
-def _current_versions(s: Session, client_id: int, path_list: Sequence[str]) -> dict[str, _Current]:
-    """The current versions of these paths (served by the partial unique index), at driver level.
-
-    SQLite's planner, given a long IN list and no statistics, preferred the
-    (client_id, valid_to) index: a scan of every current version of the
-    client, per piece of 500 paths (a first backup got slower with every
-    batch), hence the hint. Through SQLAlchemy (expanding IN parameters, row
-    objects) this lookup cost ~5 µs per path, most of a first backup's
-    commit outside its inserts, though it finds nothing then.
-    """
-    found: dict[str, _Current] = {}
-    for row in _rows_by_ids(s, current_versions_sql(s.get_bind().dialect), path_list, client_id):
-        cur = _Current(*row)
-        if cur.content_id is not None:
-            cur = cur._replace(content_id=id_from_db(cur.content_id))
-        found[cur.path] = cur
-    return found
-
-
-def current_versions_sql(dialect: Any) -> str:
-    """`_current_versions`' query, for `_rows_by_ids` (its parameters: the client id, then the paths)."""
-    hint = " INDEXED BY uq_versions_client_id_path_current" if dialect.name == "sqlite" else ""
-    return (
-        f"SELECT {', '.join(_Current._fields)} FROM versions{hint}"
-        " WHERE client_id = {m} AND valid_to IS NULL AND path IN ({ids})"
-    )
-
-
-def _later_run(path: str, valid_from: int, run_seq: int) -> Conflict:
-    return Conflict(f"{path!r:.200} was last changed by run {valid_from}, after run {run_seq}: only the newest run may change it")
-
-
-@dataclass(frozen=True, slots=True)
-class CheckedEntries:
-    """A commit batch, checked (`check_entries`): its rows by path (the last entry per path wins), and
-    every chunk id and content id it names, once each, in first-use order."""
-
-    pending: dict[str, _Pending]
-    chunk_ids: list[str]
-    content_ids: list[str]
-
-
-def check_entries(entries: Sequence[protocol.Entry]) -> CheckedEntries:
-    """Check a commit batch's paths and entry shapes (UsageError), and name each file's content, once.
-
-    The server touches the batch's chunks and contents (GC's protocol) and
-    commits it from this one result, so no id is validated or hashed twice.
-    """
-    pending: dict[str, _Pending] = {}
-    for e in entries:
-        p = _check_entry(e)
-        pending.pop(p.row["path"], None)  # re-insert: last wins, in last position
-        pending[p.row["path"]] = p
-    chunk_ids = list(dict.fromkeys(c for p in pending.values() if p.chunks for c in p.chunks))
-    content_ids = list(dict.fromkeys(p.row["content_id"] for p in pending.values() if p.row["content_id"] is not None))
-    return CheckedEntries(pending, chunk_ids, content_ids)
-
-
-def commit_entries(
-    s: Session,
-    *,
-    client_id: int,
-    user_id: int,
-    run_seq: int,
-    entries: Sequence[protocol.Entry] | CheckedEntries,
-    raw_lens: Mapping[str, int] | None = None,
-) -> tuple[int, int]:
-    """Open new versions for the entries of run `run_seq`; returns (committed, unchanged).
-
-    Checked before anything is written: paths and entry shapes (UsageError,
-    unless `entries` come from `check_entries` already), that the user holds
-    every chunk (MissingChunksError listing them), that a file's size is the
-    sum of its chunks' lengths (UsageError). Then, per path (the last entry
-    wins when a batch names a path twice): identical to the current version
-    → unchanged; current version opened by this same run → replaced;
-    otherwise the current version is closed at `run_seq` and the new one
-    opened there.
-
-    `raw_lens` are the chunks' lengths as the caller's touch found them
-    (`garbage.touch`, which answers for the chunks it found: GC's protocol
-    keeps them); without it, the chunks are looked up here.
-    """
-    checked = entries if isinstance(entries, CheckedEntries) else check_entries(entries)
-    pending = checked.pending
-    all_chunks = checked.chunk_ids
-    if raw_lens is None:
-        raw_lens = _chunk_raw_lens(s, user_id, all_chunks)
-    missing = [c for c in all_chunks if c not in raw_lens]
-    if missing:
-        raise MissingChunksError(missing)
-    for p in pending.values():
-        if p.chunks is not None:
-            total = sum(raw_lens[c] for c in p.chunks)
-            if total != p.row["size"]:
-                raise UsageError(f"file {p.row['path']!r:.200}: size {p.row['size']} but its chunks hold {total} bytes")
-
-    current = _current_versions(s, client_id, list(pending))
-    to_delete: list[int] = []
-    to_close: list[int] = []
-    new_rows: list[tuple[Any, ...]] = []
-    new_contents: dict[str, _Pending] = {}
-    unchanged = 0
-    for path, p in pending.items():
-        cur = current.get(path)
-        if cur is not None:
-            if all(getattr(cur, f) == p.row[f] for f in COMPARED_FIELDS):
-                unchanged += 1
-                continue
-            if cur.valid_from == run_seq:
-                to_delete.append(cur.id)  # no zero-length periods: the run's own version is replaced
-            elif cur.valid_from < run_seq:
-                to_close.append(cur.id)
-            else:
-                raise _later_run(path, cur.valid_from, run_seq)
-        content = p.row["content_id"]
-        raw_content = None if content is None else id_to_db(content)
-        new_rows.append((client_id, run_seq, *_ROW_HEAD(p.row), raw_content, p.row["link_target"]))
-        if content is not None:
-            new_contents.setdefault(content, p)
-
-    if new_contents:
-        ts = _driver_value(s, _contents, "created_at", _now())
-        rows = [
-            (user_id, id_to_db(cid), p.row["size"], len(p.chunks or ()), bytes.fromhex("".join(p.chunks or ())), ts, ts)
-            for cid, p in sorted(new_contents.items())
-        ]
-        _bulk_insert(s, _contents, _CONTENT_COLS, rows, skip_existing=True)
-    for piece in _pieces(to_delete):
-        s.execute(delete(_versions).where(_versions.c.id.in_(piece)))
-    for piece in _pieces(to_close):
-        s.execute(update(_versions).where(_versions.c.id.in_(piece)).values(valid_to=run_seq))
-    _bulk_insert(s, _versions, _VERSION_COLS, new_rows)
-    return len(new_rows), unchanged
-
-
-def close_paths(s: Session, *, client_id: int, run_seq: int, paths: Iterable[str]) -> int:
-    """Record that these paths are gone as of run `run_seq`; returns how many had a current version.
-
-    A version the same run opened is deleted rather than closed (no zero-length
-    periods). Only the named paths are closed: the agent reports the contents
-    of a deleted directory itself.
-    """
-    wanted = list(dict.fromkeys(_normalize(p) for p in paths))
-    current = _current_versions(s, client_id, wanted)
-    to_delete: list[int] = []
-    to_close: list[int] = []
-    for path, cur in current.items():
-        if cur.valid_from == run_seq:
-            to_delete.append(cur.id)
-        elif cur.valid_from < run_seq:
-            to_close.append(cur.id)
-        else:
-            raise _later_run(path, cur.valid_from, run_seq)
-    for piece in _pieces(to_delete):
-        s.execute(delete(_versions).where(_versions.c.id.in_(piece)))
-    for piece in _pieces(to_close):
-        s.execute(update(_versions).where(_versions.c.id.in_(piece)).values(valid_to=run_seq))
-    return len(to_delete) + len(to_close)
 
 
 # --- reading versions ---------------------------------------------------------------

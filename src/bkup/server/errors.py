@@ -8,7 +8,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 
 from bkup import errors
-from bkup.catalog.queries import MissingChunksError
+from bkup.catalog.commits import MissingChunksError
 from bkup.protocol import ErrorBody
 from bkup.server.ratelimit import TooManyAttempts
 

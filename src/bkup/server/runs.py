@@ -7,7 +7,7 @@ from functools import partial
 from sqlmodel import Session, select
 
 from bkup import protocol
-from bkup.catalog import queries
+from bkup.catalog import commits, queries
 from bkup.catalog.models import Client, Run
 from bkup.errors import Conflict, NotFound, UsageError
 from bkup.server import alerts, gc, manifests
@@ -65,12 +65,12 @@ def _touch(s: Session, run: Run) -> None:
 def commit_versions(ctx: ServerContext, principal: Principal, run_id: int, entries: list[protocol.Entry]) -> protocol.CommitResult:
     if len(entries) > protocol.MAX_ENTRIES_PER_BATCH:
         raise UsageError(f"too many entries in one batch: {len(entries)} > {protocol.MAX_ENTRIES_PER_BATCH}")
-    checked = queries.check_entries(entries)  # a bad batch is refused before anything is touched
+    checked = commits.check_entries(entries)  # a bad batch is refused before anything is touched
     # Touched before the commit relies on them: GC's protocol (server.gc). The touch finds them too.
     held = gc.touch(ctx, principal.user_id, chunk_ids=checked.chunk_ids, content_ids=checked.content_ids)
     with ctx.catalog.session() as s:
         run = _running_run(s, principal, run_id)
-        committed, unchanged = queries.commit_entries(
+        committed, unchanged = commits.commit_entries(
             s, client_id=run.client_id, user_id=principal.user_id, run_seq=run.seq, entries=checked, raw_lens=held
         )
         _touch(s, run)
@@ -83,7 +83,7 @@ def delete_paths(ctx: ServerContext, principal: Principal, run_id: int, paths: l
         raise UsageError(f"too many paths in one batch: {len(paths)} > {protocol.MAX_PATHS_PER_DELETE}")
     with ctx.catalog.session() as s:
         run = _running_run(s, principal, run_id)
-        closed = queries.close_paths(s, client_id=run.client_id, run_seq=run.seq, paths=paths)
+        closed = commits.close_paths(s, client_id=run.client_id, run_seq=run.seq, paths=paths)
         _touch(s, run)
         s.commit()
         return protocol.DeleteResult(closed=closed)
