@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from bkup.agent.api import ApiClient
 from bkup.agent.commits import Item
-from bkup.core.frames import DEFAULT_LEVEL, HEADER_SIZE, Frame, FrameBatch, encode_chunk
+from bkup.core.frames import DEFAULT_LEVEL, HEADER_SIZE, Frame, FrameBatch, encode_chunks
 
 BUFFER_BYTES = 40 * 1024 * 1024  # chunk bytes held (raw, or framed) until uploaded, over every thread
 UPLOAD_BYTES = 32 * 1024 * 1024  # frame bytes in one upload request
@@ -155,18 +155,16 @@ class Uploader:
                 self._room.notify_all()
 
     def _compress(self, group: Group, ids: list[str]) -> Iterator[Frame]:
-        """Frame these chunks of the group, one at a time, as the upload pulls them.
+        """Frame these chunks of the group as the upload pulls them, small ones a batch at a time.
 
-        Each raw chunk is dropped as soon as its frame exists; the buffer then
-        holds the frame's bytes instead, until its upload is answered.
+        Raw chunks are dropped as soon as their frames exist (`encode_chunks`);
+        the buffer then holds each frame's bytes instead, until its upload is
+        answered.
         """
         freed = new = 0
-        for cid in ids:
-            raw = group.chunks.pop(cid)
-            frame = encode_chunk(raw, level=self.level, chunk_id=cid)
-            freed += len(raw) - _held(frame)
-            new += len(raw)
-            del raw
+        for frame in encode_chunks(((cid, group.chunks.pop(cid)) for cid in ids), level=self.level):
+            freed += frame.raw_len - _held(frame)
+            new += frame.raw_len
             if freed >= RELEASE_BYTES:
                 self._release(freed)
                 freed = 0
