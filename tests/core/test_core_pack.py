@@ -15,8 +15,6 @@ from bkup.core.hashing import chunk_id
 from bkup.core.pack import (
     BLOB_OVERHEAD,
     HEADER,
-    NONCE_BATCH,
-    NONCE_SIZE,
     TRAILER_SIZE,
     PackBuilder,
     PackEntry,
@@ -69,19 +67,6 @@ def test_round_trip() -> None:
     assert [e.id for e in entries] == [f.id for f in frames]
     assert [e.length for e in entries] == [len(f.data) + BLOB_OVERHEAD for f in frames]
     assert entries[0].offset == len(HEADER) == 8
-
-
-def test_every_blob_of_a_large_pack_has_its_own_nonce() -> None:
-    # Nonces are drawn NONCE_BATCH at a time: across refills, none repeats and every blob opens.
-    raws = [b"%d" % i for i in range(2 * NONCE_BATCH + 3)]
-    builder = PackBuilder(KEY, PACK_ID)
-    out = bytearray(builder.begin())
-    for raw in raws:
-        out += builder.add(chunk_id(raw), 0, len(raw), raw)
-    out += builder.finish()
-    nonces = {bytes(out[e.offset : e.offset + NONCE_SIZE]) for e in builder.entries}
-    assert len(nonces) == len(raws)
-    assert read_pack(bytes(out)) == raws
 
 
 def test_layout_sizes() -> None:

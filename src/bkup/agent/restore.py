@@ -35,7 +35,7 @@ from bkup import protocol
 from bkup.agent.api import ApiClient
 from bkup.agent.progress import NullProgress, Progress
 from bkup.agent.targetdir import CurrentDir, Refused, TargetDirs, fs_parts
-from bkup.core.frames import BATCH_BYTES, Frame, FrameError, decode_frame, decode_frames
+from bkup.core.frames import FrameError, decode_frame
 from bkup.core.hashing import content_id
 from bkup.core.paths import UnsafePath, is_under, normalize, parent_of, wire_to_fs
 from bkup.errors import Conflict, NotFound, ServerError, UsageError
@@ -99,21 +99,6 @@ def list_entries(
     if not match:
         raise NotFound(f"{path}: not in run {tree.run}")
     return protocol.Tree(run=tree.run, path=path, entries=[] if match[0].kind == "dir" else match)
-
-
-def _decode_into(frames: list[Frame], got: dict[str, bytes], reasons: dict[str, str]) -> None:
-    """Each frame's plaintext into `got`, decoded a batch at a time; a frame that fails verification into `reasons`."""
-    try:
-        for frame, raw in zip(frames, decode_frames(frames), strict=True):
-            got[frame.id] = raw
-    except FrameError:  # find which: each frame alone
-        for frame in frames:
-            if frame.id in got:
-                continue
-            try:
-                got[frame.id] = decode_frame(frame)
-            except FrameError as exc:
-                reasons[frame.id] = f"failed verification ({exc})"
 
 
 def _apply_meta(fd: int, v: protocol.VersionInfo, as_root: bool) -> None:
@@ -382,17 +367,13 @@ class _Restorer:
 
     def _read_into(self, ids: list[str], got: dict[str, bytes], reasons: dict[str, str]) -> None:
         wanted = set(ids)
-        pending: dict[str, Frame] = {}
-        size = 0
         for frame in self.api.read_chunks(self.client_id, ids):
-            if frame.id not in wanted or frame.id in got or frame.id in pending:
+            if frame.id not in wanted or frame.id in got:
                 continue
-            pending[frame.id] = frame
-            size += frame.raw_len
-            if size >= BATCH_BYTES:
-                _decode_into(list(pending.values()), got, reasons)
-                pending, size = {}, 0
-        _decode_into(list(pending.values()), got, reasons)
+            try:
+                got[frame.id] = decode_frame(frame)
+            except FrameError as exc:
+                reasons[frame.id] = f"failed verification ({exc})"
 
     def _start(self, job: _FileJob, here: CurrentDir, *, whole: bool) -> None:
         """Create the file's temp file; a file written in one piece borrows its writer's directory fd."""

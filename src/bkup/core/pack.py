@@ -20,7 +20,6 @@ FORMAT_VERSION = 1
 TRAILER_MAGIC = b"BKPKIDX1"
 TRAILER_SIZE = 24
 NONCE_SIZE = 12
-NONCE_BATCH = 256  # nonces a PackBuilder draws from the OS at once
 TAG_SIZE = 16
 BLOB_OVERHEAD = NONCE_SIZE + TAG_SIZE  # 28
 KEY_SIZE = 32
@@ -205,8 +204,6 @@ class PackBuilder:
         self._ids: set[str] = set()
         self._size = 0
         self._state = "new"
-        self._nonces = b""
-        self._nonce_at = 0
 
     @property
     def entries(self) -> tuple[PackEntry, ...]:
@@ -238,22 +235,12 @@ class PackBuilder:
         _check_stored(chunk_id, flags, raw_len, len(data))
         if chunk_id in self._ids:
             raise ValueError(f"chunk {chunk_id} is already in pack {self.pack_id}")
-        nonce = self._nonce()
+        nonce = os.urandom(NONCE_SIZE)
         blob = nonce + self._aead.encrypt(nonce, data, _blob_aad(chunk_id, flags))
         self._entries.append(PackEntry(chunk_id, self._size, len(blob), raw_len, flags))
         self._ids.add(chunk_id)
         self._size += len(blob)
         return blob
-
-    def _nonce(self) -> bytes:
-        """A fresh random nonce. They are drawn from the OS NONCE_BATCH at a time: each `os.urandom`
-        call releases the GIL, and a pack of thousands of small chunks made one call per blob."""
-        if self._nonce_at == len(self._nonces):
-            self._nonces = os.urandom(NONCE_SIZE * NONCE_BATCH)
-            self._nonce_at = 0
-        at = self._nonce_at
-        self._nonce_at = at + NONCE_SIZE
-        return self._nonces[at : at + NONCE_SIZE]
 
     def finish(self) -> bytes:
         """The encrypted index and trailer, to write last."""

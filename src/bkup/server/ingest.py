@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from bkup import protocol
 from bkup.catalog import queries
-from bkup.core.frames import Frame, decode_frames
+from bkup.core.frames import Frame, decode_frame
 from bkup.server.context import ServerContext
 from bkup.storage.packs import PackWriter
 
@@ -32,22 +32,16 @@ class Ingest:
         fresh = list(dict.fromkeys(f.id for f in frames if f.id not in self.seen))
         with self.ctx.catalog.session() as s:
             missing = set(queries.missing_chunks(s, self.user_id, fresh)) if fresh else set()
-        new: list[Frame] = []
         for frame in frames:
             self.received += 1
             if frame.id in self.seen or frame.id not in missing:
                 self.duplicates += 1
                 continue
+            decode_frame(frame)  # decompresses and checks BLAKE3 and length; raises ChunkMismatch
+            if self.writer is None:
+                self.writer = PackWriter(self.ctx.store, self.user_id, self.ctx.keys.user_key(self.user_id))
+            self.writer.add(frame.id, frame.flags, frame.raw_len, frame.data)
             self.seen.add(frame.id)
-            new.append(frame)
-        if not new:
-            return
-        if self.writer is None:
-            self.writer = PackWriter(self.ctx.store, self.user_id, self.ctx.keys.user_key(self.user_id))
-        writer = self.writer
-        # decode_frames decompresses and checks BLAKE3 and length (raises ChunkMismatch), a batch at a time
-        for frame, _ in zip(new, decode_frames(new), strict=True):
-            writer.add(frame.id, frame.flags, frame.raw_len, frame.data)
 
     def finish(self) -> protocol.UploadResult:
         stored = 0
