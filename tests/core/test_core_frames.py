@@ -23,7 +23,6 @@ from bkup.core.frames import (
     FrameParser,
     TruncatedStream,
     decode_frame,
-    decode_frames,
     encode_chunk,
     encode_chunks,
     end_marker,
@@ -285,16 +284,9 @@ def test_wrong_id_is_a_mismatch() -> None:
     ],
     ids=["raw_len-1", "raw_len+1", "trailing byte", "cut short", "not zstd", "second zstd frame"],
 )
-@pytest.mark.parametrize("decode", ["alone", "in a batch"])
-def test_damaged_zstd_frames_are_mismatches(mutate, decode: str) -> None:
-    damaged = mutate(encode_chunk(text(10_000)))
-    if decode == "alone":
-        with pytest.raises(ChunkMismatch):
-            decode_frame(damaged)
-        return
-    before, after = [encode_chunk(text(3000, seed)) for seed in (1, 2)]
-    with pytest.raises(ChunkMismatch, match=f"chunk {damaged.id}"):
-        list(decode_frames([before, damaged, after]))
+def test_damaged_zstd_frames_are_mismatches(mutate) -> None:
+    with pytest.raises(ChunkMismatch):
+        decode_frame(mutate(encode_chunk(text(10_000))))
 
 
 def test_raw_frame_with_wrong_content_is_a_mismatch() -> None:
@@ -338,7 +330,7 @@ def test_zstd_bomb_is_bounded_by_raw_len(data: bytes, message: str) -> None:
         decode_frame(bomb)
 
 
-# --- batches: encode_chunks, decode_frames -------------------------------------------------
+# --- batches: encode_chunks -------------------------------------------------
 
 
 def mixed_chunks(seed: int, n: int = 400) -> list[bytes]:
@@ -365,7 +357,7 @@ def test_encode_chunks_frames_each_chunk_as_encode_chunk_does(seed: int) -> None
     batched = list(encode_chunks(zip(ids, chunks)))
     assert batched == [encode_chunk(c, chunk_id=i) for i, c in zip(ids, chunks)]
     assert {f.flags for f in batched} == {0, FLAG_ZSTD}
-    assert list(decode_frames(batched)) == chunks
+    assert [decode_frame(f) for f in batched] == chunks
 
 
 def test_encode_chunks_pulls_about_one_batch_ahead() -> None:
@@ -386,48 +378,3 @@ def test_encode_chunks_pulls_about_one_batch_ahead() -> None:
 def test_encode_chunks_refuses_sizes_outside_the_limits() -> None:
     with pytest.raises(FrameError, match="1 to"):
         list(encode_chunks([(chunk_id(b"a"), b"a"), (chunk_id(b""), b"")]))
-
-
-def test_decode_frames_keeps_order_and_decodes_each_kind() -> None:
-    raw = bytes(3 * 131072)
-    checked = zstandard.ZstdCompressor(level=3, write_checksum=True)
-    plain = text(7000, 9)
-    frames = [
-        encode_chunk(text(500)),
-        Frame(chunk_id(raw), FLAG_ZSTD, len(raw), rle_zstd(3)),  # RLE blocks, no declared size
-        Frame(chunk_id(plain), FLAG_ZSTD, len(plain), checked.compress(plain)),  # with a content checksum
-        encode_chunk(noise(3000)),
-        encode_chunk(text(MAX_SIZE, 5)),
-        encode_chunk(b"y"),
-    ]
-    assert list(decode_frames(frames)) == [decode_frame(f) for f in frames]
-
-
-@pytest.mark.timeout(10)
-def test_decode_frames_bounds_a_small_bomb_by_raw_len() -> None:
-    # One RLE block of 128 KiB zeros that claims to be 1,000 bytes: batched (raw_len is small), refused.
-    bomb = Frame(chunk_id(bytes(1000)), FLAG_ZSTD, 1000, rle_zstd(1))
-    good = encode_chunk(text(2000))
-    with pytest.raises(ChunkMismatch, match=f"chunk {bomb.id}: zstd data does not decode"):
-        list(decode_frames([good, bomb, good]))
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_decode_frames_refuses_whatever_decode_frame_refuses(seed: int) -> None:
-    rng = random.Random(seed)
-    frames = [encode_chunk(c) for c in mixed_chunks(seed, 60)]
-    for _ in range(40):
-        damaged = list(frames)
-        i = rng.randrange(len(damaged))
-        f = damaged[i]
-        data = bytearray(f.data)
-        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-        damaged[i] = Frame(f.id, f.flags, f.raw_len, bytes(data))
-        try:
-            expected = [decode_frame(x) for x in damaged]
-        except ChunkMismatch as exc:
-            with pytest.raises(ChunkMismatch) as got:
-                list(decode_frames(damaged))
-            assert str(got.value) == str(exc)
-        else:  # a flipped bit zstd does not use (it decodes to the same bytes)
-            assert list(decode_frames(damaged)) == expected

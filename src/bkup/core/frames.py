@@ -113,8 +113,8 @@ def encode_chunk(raw: bytes, *, level: int = DEFAULT_LEVEL, chunk_id: str | None
     return Frame(cid, 0, n, bytes(raw))
 
 
-# Chunks under BATCH_BELOW bytes are compressed (`encode_chunks`) and decompressed (`decode_frames`)
-# together, BATCH_BYTES of them at a time, in one call into zstd. Each call releases the GIL and must
+# Chunks under BATCH_BELOW bytes are compressed (`encode_chunks`) together, BATCH_BYTES of them at
+# a time, in one call into zstd. Each call releases the GIL and must
 # take it back: for a chunk of a few KiB, taking it back from a thread that runs Python can cost far
 # more than the work (up to the interpreter's switch interval of 5 ms; docs/performance.md).
 BATCH_BELOW = 256 * 1024
@@ -197,88 +197,6 @@ def decode_frame(frame: Frame) -> bytes:
     if actual != frame.id:
         raise ChunkMismatch(f"chunk {frame.id}: data hashes to {actual}")
     return raw
-
-
-def decode_frames(frames: Sequence[Frame]) -> Iterator[bytes]:
-    """Each frame's plaintext, in order, checked exactly as `decode_frame` checks one.
-
-    Small zstd frames are decompressed a batch at a time (BATCH_BELOW). Any
-    frame the batch path is not sure of — a declared size that is not
-    `raw_len`, bytes after the zstd frame, a batch that fails — is decoded
-    alone by `decode_frame`, which names the chunk in its error.
-    """
-    batch: list[Frame] = []
-    size = 0
-    for frame in frames:
-        if frame.flags & FLAG_ZSTD and frame.raw_len < BATCH_BELOW and _fits_exactly(frame):
-            batch.append(frame)
-            size += frame.raw_len
-            if size >= BATCH_BYTES:
-                yield from _decode_batch(batch)
-                batch, size = [], 0
-            continue
-        if batch:
-            yield from _decode_batch(batch)
-            batch, size = [], 0
-        yield decode_frame(frame)
-    if batch:
-        yield from _decode_batch(batch)
-
-
-def _decode_batch(frames: list[Frame]) -> list[bytes]:
-    if len(frames) == 1:
-        return [decode_frame(frames[0])]
-    sizes = struct.pack(f"={len(frames)}Q", *(f.raw_len for f in frames))
-    try:
-        # Each output must be exactly its raw_len (else the call fails): no frame can expand past it.
-        out = _decompressor().multi_decompress_to_buffer([f.data for f in frames], decompressed_sizes=sizes, threads=1)
-    except zstandard.ZstdError:
-        return [decode_frame(f) for f in frames]  # raises, naming the chunk
-    raws = []
-    for i, frame in enumerate(frames):
-        raw = out[i].tobytes()
-        if len(raw) != frame.raw_len:
-            raise ChunkMismatch(f"chunk {frame.id}: decoded {len(raw)} bytes but raw_len is {frame.raw_len}")
-        actual = compute_chunk_id(raw)
-        if actual != frame.id:
-            raise ChunkMismatch(f"chunk {frame.id}: data hashes to {actual}")
-        raws.append(raw)
-    return raws
-
-
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-def _fits_exactly(frame: Frame) -> bool:
-    """True if `frame.data` is one zstd frame and nothing more, whose header declares `raw_len` or no size.
-
-    Read from the frame header and the block headers (RFC 8878, 3.1.1): what
-    decompressing a batch does not check. False sends the frame to `decode_frame`.
-    """
-    data = frame.data
-    if data[:4] != _ZSTD_MAGIC:
-        return False
-    try:
-        declared = zstandard.get_frame_parameters(data).content_size
-        pos = zstandard.frame_header_size(data)
-    except zstandard.ZstdError:
-        return False
-    if declared != zstandard.CONTENTSIZE_UNKNOWN and declared != frame.raw_len:
-        return False
-    end = len(data)
-    while True:
-        if pos + 3 > end:
-            return False
-        header = int.from_bytes(data[pos : pos + 3], "little")
-        kind = (header >> 1) & 3  # 0 raw, 1 RLE (one byte follows), 2 compressed, 3 reserved
-        if kind == 3:
-            return False
-        pos += 3 + (1 if kind == 1 else header >> 3)
-        if header & 1:  # the last block
-            break
-    if data[4] & 0x04:  # Content_Checksum_flag
-        pos += 4
-    return pos == end
 
 
 def stream_header() -> bytes:
