@@ -106,6 +106,23 @@ def test_record_pack_is_idempotent_and_first_pack_wins(catalog: Catalog, world: 
     assert fake_chunk_id("absent") not in locs
 
 
+def test_record_pack_counts_only_new_rows_over_many_statements(catalog: Catalog, world: World) -> None:
+    # More rows than one INSERT takes on SQLite (queries.SQLITE_ROWS_PER_INSERT), some already held,
+    # some twice in the pack: each held or repeated row is skipped, and only the new ones counted.
+    user = world.user()
+    held = world.chunks(user, [f"held{i}" for i in range(0, 1200, 3)], raw_len=5)
+    ids = [fake_chunk_id(f"held{i}") if i % 3 == 0 else fake_chunk_id(f"new{i}") for i in range(1200)]
+    assert set(held) <= set(ids)
+    entries = [FakeEntry(cid, offset=i, length=1, raw_len=9) for i, cid in enumerate(ids + ids[1:50])]
+    with catalog.session() as s:
+        assert queries.record_pack(s, user, "big", 1249, entries) == 800
+        s.commit()
+        locs = queries.chunk_locations(s, user, ids)
+    assert len(locs) == 1200
+    assert {loc.pack_id for cid, loc in locs.items() if cid not in held} == {"big"}
+    assert locs[ids[1199]].offset == 1199 and locs[ids[0]].raw_len == 5
+
+
 def test_chunk_locations_beyond_one_in_list(catalog: Catalog, world: World) -> None:
     user = world.user()
     ids = world.chunks(user, [f"c{i}" for i in range(1300)], raw_len=7)

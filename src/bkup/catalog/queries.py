@@ -14,6 +14,7 @@ has `valid_to IS NULL` (at most one per path, a partial unique index).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,9 @@ from bkup.core import paths as core_paths
 from bkup.errors import NotFound, UsageError
 
 IN_PIECE = 500  # ids or paths per IN (...) list
+SQLITE_ROWS_PER_INSERT = 500  # rows per INSERT statement of a bulk insert on SQLite
+# Bound parameters per statement: SQLite's default limit (999 before 3.32).
+SQLITE_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 
 _chunks: Table = Chunk.__table__  # type: ignore[assignment]
 _contents: Table = Content.__table__  # type: ignore[assignment]
@@ -74,7 +78,7 @@ def _insert(s: Session, table: Table) -> Any:
 
 
 def _bulk_insert(s: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, skip_existing: bool = False) -> int:
-    """INSERT many rows in one driver-level executemany; returns how many were inserted.
+    """INSERT many rows at driver level; returns how many were inserted.
 
     The bulk inserts of a backup (thousands of versions, contents and chunks
     per request) bypass SQLAlchemy's per-row parameter processing, which cost
@@ -82,6 +86,12 @@ def _bulk_insert(s: Session, table: Table, columns: Sequence[str], rows: Sequenc
     So each value must already be what the driver takes: `_driver_value`
     converts the few that need it (timestamps) once per batch. With
     `skip_existing`, rows whose key exists are skipped (ON CONFLICT DO NOTHING).
+
+    On SQLite, rows go many to a statement (`INSERT … VALUES (…), (…), …`):
+    with `executemany`, every row was one `sqlite3_step`, which releases the
+    GIL and must take it back from whichever server thread took it meanwhile
+    — in a busy server that wait cost more than the row (docs/performance.md).
+    PostgreSQL's driver sends an `executemany` in one pipeline.
     """
     if not rows:
         return 0
@@ -89,14 +99,17 @@ def _bulk_insert(s: Session, table: Table, columns: Sequence[str], rows: Sequenc
     dialect = conn.dialect
     quote = dialect.identifier_preparer.quote
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-        f"VALUES ({', '.join([mark] * len(columns))})"
-    )
-    if skip_existing:
-        sql += " ON CONFLICT DO NOTHING"
-    result = conn.exec_driver_sql(sql, [tuple(r) for r in rows])
-    return max(result.rowcount, 0)
+    values = f"({', '.join([mark] * len(columns))})"
+    head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) VALUES "
+    tail = " ON CONFLICT DO NOTHING" if skip_existing else ""
+    if dialect.name != "sqlite":
+        result = conn.exec_driver_sql(head + values + tail, [tuple(r) for r in rows])
+        return max(result.rowcount, 0)
+    inserted = 0
+    for piece in _pieces(rows, min(SQLITE_ROWS_PER_INSERT, SQLITE_MAX_VARIABLES // len(columns))):
+        result = conn.exec_driver_sql(head + ", ".join([values] * len(piece)) + tail, tuple(v for r in piece for v in r))
+        inserted += max(result.rowcount, 0)
+    return inserted
 
 
 def _rows_by_ids(s: Session, sql: str, ids: Sequence[Any], *params: Any, for_update: bool = False) -> Iterator[tuple[Any, ...]]:
