@@ -131,6 +131,31 @@ def test_the_chunk_buffer_stays_bounded(spy, account, state_dir, tmp_path, monke
     assert spy.calls["upload"] >= 100 * MiB // BUFFER_BYTES
 
 
+def test_a_readers_groups_start_at_an_eighth_and_double_up_to_the_full_size():
+    class Recorder:
+        group_bytes = 8000
+
+        def __init__(self):
+            self.sizes = []
+
+        def claim(self, cid):
+            return True
+
+        def reserve(self, n, flush_own):
+            pass
+
+        def submit(self, group):
+            self.sizes.append(group.size)
+
+    up = Recorder()
+    group = backup_mod._OpenGroup(up)
+    for i in range(100):
+        group.add_chunk(f"{i:064x}", b"x" * 500)
+    group.flush()
+    assert up.sizes == [1000, 2000, 4000] + [8000] * 5 + [3000]
+    assert sum(up.sizes) == 100 * 500
+
+
 @pytest.mark.slow
 def test_agent_peak_rss_stays_low_on_a_big_file(account, tmp_path):
     """A separate process backs up 256 MiB of incompressible data; its peak RSS is measured."""
