@@ -103,20 +103,27 @@ def encode_chunk(raw: bytes, *, level: int = DEFAULT_LEVEL, chunk_id: str | None
 
     `chunk_id` saves hashing again when the caller already knows it (it is not checked).
     """
-    n = len(raw)
-    if not 1 <= n <= MAX_SIZE:
-        raise FrameError(f"a chunk has 1 to {MAX_SIZE} bytes, not {n}")
+    _check_size(raw)
     cid = chunk_id if chunk_id is not None else compute_chunk_id(raw)
-    packed = _compressor(level).compress(raw)
+    return _framed(cid, raw, _compressor(level).compress(raw))
+
+
+def _check_size(raw: bytes) -> None:
+    if not 1 <= len(raw) <= MAX_SIZE:
+        raise FrameError(f"a chunk has 1 to {MAX_SIZE} bytes, not {len(raw)}")
+
+
+def _framed(cid: str, raw: bytes, packed: bytes | zstandard.BufferSegment) -> Frame:
+    n = len(raw)
     if len(packed) < n - n // 32:
-        return Frame(cid, FLAG_ZSTD, n, packed)
+        return Frame(cid, FLAG_ZSTD, n, bytes(packed))  # no copy when `packed` is bytes already
     return Frame(cid, 0, n, bytes(raw))
 
 
-# Chunks under BATCH_BELOW bytes are compressed (`encode_chunks`) together, BATCH_BYTES of them at
-# a time, in one call into zstd. Each call releases the GIL and must
-# take it back: for a chunk of a few KiB, taking it back from a thread that runs Python can cost far
-# more than the work (up to the interpreter's switch interval of 5 ms; docs/performance.md).
+# Chunks under BATCH_BELOW bytes are compressed together (`encode_chunks`), about BATCH_BYTES of
+# them in one call into zstd. Each call releases the GIL and must take it back: for a chunk of a
+# few KiB, taking it back from a thread that runs Python can cost far more than the compression
+# (up to the interpreter's switch interval of 5 ms; docs/performance.md).
 BATCH_BELOW = 256 * 1024
 BATCH_BYTES = 1024 * 1024
 
@@ -124,9 +131,9 @@ BATCH_BYTES = 1024 * 1024
 def encode_chunks(chunks: Iterable[tuple[str, bytes]], *, level: int = DEFAULT_LEVEL) -> Iterator[Frame]:
     """Frame chunks given as (id, raw), exactly as `encode_chunk` frames each, pulling them as they go.
 
-    Small chunks are compressed a batch at a time (BATCH_BELOW); their raw
-    bytes are let go as soon as their batch is framed. Ids are trusted, as
-    `chunk_id` is by `encode_chunk`.
+    Small chunks (under BATCH_BELOW) are compressed a batch at a time; their
+    raw bytes are let go as soon as their batch is framed. Ids are trusted,
+    as `chunk_id` is by `encode_chunk`.
     """
     ids: list[str] = []
     raws: list[bytes] = []
@@ -154,18 +161,9 @@ def _encode_batch(ids: Sequence[str], raws: Sequence[bytes], level: int) -> list
     if len(raws) == 1:
         return [encode_chunk(raws[0], level=level, chunk_id=ids[0])]
     for raw in raws:
-        if not 1 <= len(raw) <= MAX_SIZE:
-            raise FrameError(f"a chunk has 1 to {MAX_SIZE} bytes, not {len(raw)}")
+        _check_size(raw)
     packed = _compressor(level).multi_compress_to_buffer(list(raws), threads=1)
-    frames = []
-    for i, (cid, raw) in enumerate(zip(ids, raws)):
-        n = len(raw)
-        data = packed[i]
-        if len(data) < n - n // 32:  # as in encode_chunk
-            frames.append(Frame(cid, FLAG_ZSTD, n, data.tobytes()))
-        else:
-            frames.append(Frame(cid, 0, n, bytes(raw)))
-    return frames
+    return [_framed(cid, raw, packed[i]) for i, (cid, raw) in enumerate(zip(ids, raws))]
 
 
 def decode_frame(frame: Frame) -> bytes:
