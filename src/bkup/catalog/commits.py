@@ -141,8 +141,33 @@ def current_versions_sql(dialect: Any) -> str:
     )
 
 
-def _later_run(path: str, valid_from: int, run_seq: int) -> Conflict:
-    return Conflict(f"{path!r:.200} was last changed by run {valid_from}, after run {run_seq}: only the newest run may change it")
+class _Retiring:
+    """The current versions a run replaces or ends: deleted if the run itself opened them (no
+    zero-length periods), else closed at the run; a version a later run opened is a Conflict."""
+
+    def __init__(self, run_seq: int) -> None:
+        self.run_seq = run_seq
+        self.to_delete: list[int] = []
+        self.to_close: list[int] = []
+
+    def add(self, cur: _Current) -> None:
+        if cur.valid_from == self.run_seq:
+            self.to_delete.append(cur.id)
+        elif cur.valid_from < self.run_seq:
+            self.to_close.append(cur.id)
+        else:
+            raise Conflict(
+                f"{cur.path!r:.200} was last changed by run {cur.valid_from}, after run {self.run_seq}: "
+                "only the newest run may change it"
+            )
+
+    def apply(self, s: Session) -> int:
+        """Delete and close them; returns how many."""
+        for piece in _pieces(self.to_delete):
+            s.execute(delete(_versions).where(_versions.c.id.in_(piece)))
+        for piece in _pieces(self.to_close):
+            s.execute(update(_versions).where(_versions.c.id.in_(piece)).values(valid_to=self.run_seq))
+        return len(self.to_delete) + len(self.to_close)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +235,7 @@ def commit_entries(
                 raise UsageError(f"file {p.row['path']!r:.200}: size {p.row['size']} but its chunks hold {total} bytes")
 
     current = _current_versions(s, client_id, list(pending))
-    to_delete: list[int] = []
-    to_close: list[int] = []
+    retiring = _Retiring(run_seq)
     new_rows: list[tuple[Any, ...]] = []
     new_contents: dict[str, _Pending] = {}
     unchanged = 0
@@ -221,12 +245,7 @@ def commit_entries(
             if all(getattr(cur, f) == p.row[f] for f in COMPARED_FIELDS):
                 unchanged += 1
                 continue
-            if cur.valid_from == run_seq:
-                to_delete.append(cur.id)  # no zero-length periods: the run's own version is replaced
-            elif cur.valid_from < run_seq:
-                to_close.append(cur.id)
-            else:
-                raise _later_run(path, cur.valid_from, run_seq)
+            retiring.add(cur)
         content = p.row["content_id"]
         raw_content = None if content is None else id_to_db(content)
         new_rows.append((client_id, run_seq, *_ROW_HEAD(p.row), raw_content, p.row["link_target"]))
@@ -240,10 +259,7 @@ def commit_entries(
             for cid, p in sorted(new_contents.items())
         ]
         _bulk_insert(s, _contents, _CONTENT_COLS, rows, skip_existing=True)
-    for piece in _pieces(to_delete):
-        s.execute(delete(_versions).where(_versions.c.id.in_(piece)))
-    for piece in _pieces(to_close):
-        s.execute(update(_versions).where(_versions.c.id.in_(piece)).values(valid_to=run_seq))
+    retiring.apply(s)
     _bulk_insert(s, _versions, _VERSION_COLS, new_rows)
     return len(new_rows), unchanged
 
@@ -256,18 +272,7 @@ def close_paths(s: Session, *, client_id: int, run_seq: int, paths: Iterable[str
     of a deleted directory itself.
     """
     wanted = list(dict.fromkeys(_normalize(p) for p in paths))
-    current = _current_versions(s, client_id, wanted)
-    to_delete: list[int] = []
-    to_close: list[int] = []
-    for path, cur in current.items():
-        if cur.valid_from == run_seq:
-            to_delete.append(cur.id)
-        elif cur.valid_from < run_seq:
-            to_close.append(cur.id)
-        else:
-            raise _later_run(path, cur.valid_from, run_seq)
-    for piece in _pieces(to_delete):
-        s.execute(delete(_versions).where(_versions.c.id.in_(piece)))
-    for piece in _pieces(to_close):
-        s.execute(update(_versions).where(_versions.c.id.in_(piece)).values(valid_to=run_seq))
-    return len(to_delete) + len(to_close)
+    retiring = _Retiring(run_seq)
+    for cur in _current_versions(s, client_id, wanted).values():
+        retiring.add(cur)
+    return retiring.apply(s)
