@@ -398,4 +398,6 @@ def test_queries_use_the_indexes(catalog: Catalog, world: World, setup) -> None:
         assert "uq_versions_client_id_path_current" in plans["many"]
         # What one run opened or closed, not every version of the client in path order.
         assert "ix_versions_client_id_valid_from (client_id=? AND valid_from=?)" in plans["opened"]
+        # ... and not sorted: a first run's sort held every row, chunk lists included (the manifest).
+        assert "TEMP B-TREE" not in plans["opened"]
         assert "ix_versions_client_id_valid_to (client_id=? AND valid_to=?)" in plans["closed"]

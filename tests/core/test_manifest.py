@@ -7,7 +7,16 @@ import random
 
 import pytest
 
-from bkup.core.manifest import ManifestEncoder, ManifestError, decode_manifest, encode_manifest, manifest_user
+from bkup.core.manifest import (
+    NONCE_SIZE,
+    SEGMENT_SIZE,
+    TAG_SIZE,
+    ManifestEncoder,
+    ManifestError,
+    decode_manifest,
+    encode_manifest,
+    manifest_user,
+)
 
 KEY = os.urandom(32)
 
@@ -23,6 +32,22 @@ def test_round_trip_with_many_segments():
     assert manifest_user(data) == 7
     assert list(decode_manifest(KEY, 3, "12", data)) == records(3000)
     assert len(data) > 100_000  # many segments
+
+
+def test_segments_stay_within_the_formats_limit():
+    # Random chunk ids (hex: about half compressible): ~3 segments of the default size.
+    enc = ManifestEncoder(KEY, 7, 3, "12")
+    recs = [{"type": "run"}] + [{"op": "open", "path": f"/f{i}", "chunks": [os.urandom(32).hex() for _ in range(8)]} for i in range(12_000)]
+    data = enc.begin() + b"".join(enc.add(r) for r in recs) + enc.finish()
+    lengths, pos = [], 12
+    while pos < len(data):
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        lengths.append(n - NONCE_SIZE - TAG_SIZE)
+        pos += 4 + n
+    assert pos == len(data) and len(lengths) >= 3
+    assert SEGMENT_SIZE <= 4 * 2**20  # docs/format.md §7.1
+    assert all(n == SEGMENT_SIZE for n in lengths[:-1]) and 0 < lengths[-1] <= SEGMENT_SIZE
+    assert list(decode_manifest(KEY, 3, "12", data)) == recs
 
 
 def test_empty_and_small():

@@ -31,7 +31,9 @@ from bkup.errors import IntegrityError
 
 MAGIC = b"BKMAN001"
 FORMAT_VERSION = 1
-SEGMENT_SIZE = 4 * 2**20  # plaintext (compressed) bytes per segment
+# Plaintext (compressed) bytes per segment. The format allows up to 4 MiB (docs/format.md §7.1);
+# segments of 4 MiB cost the server ~20 MB of short-lived copies per manifest, which its heap kept.
+SEGMENT_SIZE = 2**20
 NONCE_SIZE = 12
 TAG_SIZE = 16
 _U32 = struct.Struct(">I")
@@ -50,7 +52,8 @@ class ManifestEncoder:
     """Builds one manifest: `begin()`, `add(record)` for each record (header first), `finish()`.
 
     Every call returns the bytes to append to the object; at most about one
-    segment is held in memory.
+    segment is held in memory, and each segment is copied once on its way
+    out (its ciphertext, then the segment's bytes).
     """
 
     def __init__(self, key: bytes, user_id: int, client_id: int, name: str, *, segment_size: int = SEGMENT_SIZE) -> None:
@@ -68,27 +71,29 @@ class ManifestEncoder:
     def add(self, record: Any) -> bytes:
         self.records += 1
         self._pending += self._compressor.compress(_encoder.encode(record) + b"\n")
-        out = bytearray()
-        while len(self._pending) > self._segment_size:
-            out += self._seal(bytes(self._pending[: self._segment_size]), last=False)
-            del self._pending[: self._segment_size]
-        return bytes(out)
+        return self._seal_full(last=False)
 
     def finish(self) -> bytes:
         self._pending += self._compressor.flush()
-        out = bytearray()
-        while len(self._pending) > self._segment_size:
-            out += self._seal(bytes(self._pending[: self._segment_size]), last=False)
-            del self._pending[: self._segment_size]
-        out += self._seal(bytes(self._pending), last=True)
-        self._pending.clear()
-        return bytes(out)
+        return self._seal_full(last=True)
 
-    def _seal(self, plain: bytes, *, last: bool) -> bytes:
+    def _seal_full(self, *, last: bool) -> bytes:
+        """Seal the pending segments that are full (with `last`: all of them, the final one last)."""
+        out: list[bytes] = []
+        while len(self._pending) > self._segment_size:
+            out.append(self._seal(self._segment_size, last=False))
+        if last:
+            out.append(self._seal(len(self._pending), last=True))
+        return b"".join(out)
+
+    def _seal(self, n: int, *, last: bool) -> bytes:
+        """The first `n` pending bytes as one segment, taken off the pending buffer."""
         nonce = os.urandom(NONCE_SIZE)
-        sealed = nonce + self._aead.encrypt(nonce, plain, _aad(*self._ids, self._index, last))
+        with memoryview(self._pending)[:n] as plain:  # released before the buffer shrinks
+            sealed = self._aead.encrypt(nonce, plain, _aad(*self._ids, self._index, last))
+        del self._pending[:n]
         self._index += 1
-        return _U32.pack(len(sealed)) + sealed
+        return b"".join((_U32.pack(NONCE_SIZE + len(sealed)), nonce, sealed))
 
 
 def encode_manifest(key: bytes, user_id: int, client_id: int, name: str, records: list[Any]) -> bytes:
