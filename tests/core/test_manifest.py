@@ -8,6 +8,7 @@ import random
 import pytest
 
 from bkup.core.manifest import (
+    HEADER_SIZE,
     NONCE_SIZE,
     SEGMENT_SIZE,
     TAG_SIZE,
@@ -16,6 +17,7 @@ from bkup.core.manifest import (
     decode_manifest,
     encode_manifest,
     manifest_user,
+    stream_manifest,
 )
 
 KEY = os.urandom(32)
@@ -48,6 +50,34 @@ def test_segments_stay_within_the_formats_limit():
     assert SEGMENT_SIZE <= 4 * 2**20  # docs/format.md §7.1
     assert all(n == SEGMENT_SIZE for n in lengths[:-1]) and 0 < lengths[-1] <= SEGMENT_SIZE
     assert list(decode_manifest(KEY, 3, "12", data)) == recs
+
+
+def test_a_stream_reads_one_segment_at_a_time():
+    enc = ManifestEncoder(KEY, 7, 3, "12", segment_size=10_000)
+    data = enc.begin() + b"".join(enc.add(r) for r in records(3000)) + enc.finish()
+    reads: list[tuple[int, int]] = []
+
+    def read_at(start: int, n: int) -> bytes:
+        reads.append((start, n))
+        return data[start : start + n]
+
+    assert list(stream_manifest(KEY, 3, "12", len(data), read_at)) == records(3000)
+    assert len(reads) > 10 and max(n for _, n in reads) <= 10_000 + NONCE_SIZE + TAG_SIZE + 4
+    assert sum(n for _, n in reads) == len(data)  # every byte read once
+
+
+def test_a_segment_longer_than_the_format_allows_is_refused_unread():
+    length = 4 * 2**20 + NONCE_SIZE + TAG_SIZE + 1
+    data = encode_manifest(KEY, 1, 2, "5", [])[:HEADER_SIZE] + length.to_bytes(4, "big") + bytes(length)
+    reads: list[int] = []
+
+    def read_at(start: int, n: int) -> bytes:
+        reads.append(n)
+        return data[start : start + n]
+
+    with pytest.raises(ManifestError, match="longer than the format allows"):
+        list(stream_manifest(KEY, 2, "5", len(data), read_at))
+    assert max(reads) == HEADER_SIZE + 4
 
 
 def test_empty_and_small():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -36,6 +36,9 @@ FORMAT_VERSION = 1
 SEGMENT_SIZE = 2**20
 NONCE_SIZE = 12
 TAG_SIZE = 16
+HEADER_SIZE = len(MAGIC) + 4  # magic, user id
+MAX_SEALED = 4 * 2**20 + NONCE_SIZE + TAG_SIZE  # the longest segment the format allows
+_DECOMPRESS_PIECE = 256 * 1024
 _U32 = struct.Struct(">I")
 _encoder = msgspec.json.Encoder()
 
@@ -103,46 +106,70 @@ def encode_manifest(key: bytes, user_id: int, client_id: int, name: str, records
 
 
 def manifest_user(data: bytes) -> int:
-    """The user id a manifest is sealed for (read before choosing the key)."""
-    if len(data) < len(MAGIC) + 4 or not data.startswith(MAGIC):
+    """The user id a manifest is sealed for, from its first HEADER_SIZE bytes (read before choosing the key)."""
+    if len(data) < HEADER_SIZE or not data.startswith(MAGIC):
         raise ManifestError("not a bkup manifest (bad magic)")
     return _U32.unpack_from(data, len(MAGIC))[0]
 
 
 def decode_manifest(key: bytes, client_id: int, name: str, data: bytes) -> Iterator[dict[str, Any]]:
-    """The records of a manifest, header first; raises ManifestError on any damage (possibly after some records)."""
-    user_id = manifest_user(data)
+    """The records of a manifest held in memory (small manifests and tests); see `stream_manifest`."""
+    view = memoryview(data)
+    return stream_manifest(key, client_id, name, len(data), lambda start, n: view[start : start + n])
+
+
+def stream_manifest(
+    key: bytes, client_id: int, name: str, size: int, read_at: Callable[[int, int], bytes | memoryview]
+) -> Iterator[dict[str, Any]]:
+    """The records of a manifest of `size` bytes, header first, read through `read_at(start, length)`.
+
+    One read per segment (with the next segment's length prefix), so at most
+    one segment (≤ 4 MiB, the format's limit) and the records it holds are in
+    memory, whatever the manifest's size. Raises ManifestError on any damage,
+    possibly after some records; `read_at` raises what its store raises.
+    """
+    where = f"manifest {client_id}/{name}"
+    if size < HEADER_SIZE + 4:
+        manifest_user(bytes(read_at(0, min(size, HEADER_SIZE))))  # bad magic, if that is what it is
+        raise ManifestError(f"{where}: truncated before its first segment")
+    head = bytes(read_at(0, HEADER_SIZE + 4))
+    user_id = manifest_user(head)
     aead = AESGCM(key)
     decompressor = zstandard.ZstdDecompressor().decompressobj()
-    pos = len(MAGIC) + 4
+    (length,) = _U32.unpack_from(head, HEADER_SIZE)
+    pos = HEADER_SIZE + 4  # where the segment of `length` bytes starts
     index = 0
     buffer = b""
-    last = False
-    while not last:
-        if pos + 4 > len(data):
-            raise ManifestError(f"manifest {client_id}/{name}: truncated after segment {index}")
-        (length,) = _U32.unpack_from(data, pos)
-        sealed = data[pos + 4 : pos + 4 + length]
-        if len(sealed) != length or length < NONCE_SIZE + TAG_SIZE:
-            raise ManifestError(f"manifest {client_id}/{name}: segment {index} is truncated")
-        pos += 4 + length
-        last = pos == len(data)
+    while True:
+        if length < NONCE_SIZE + TAG_SIZE or pos + length > size:
+            raise ManifestError(f"{where}: segment {index} is truncated")
+        if length > MAX_SEALED:
+            raise ManifestError(f"{where}: segment {index} is longer than the format allows ({length} bytes)")
+        end = pos + length
+        last = end == size
+        more = 0 if last else min(4, size - end)  # the next segment's length prefix
+        block = memoryview(read_at(pos, length + more))
         try:
-            plain = aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], _aad(user_id, client_id, name, index, last))
+            plain = aead.decrypt(block[:NONCE_SIZE], block[NONCE_SIZE:length], _aad(user_id, client_id, name, index, last))
         except InvalidTag:
-            raise ManifestError(
-                f"manifest {client_id}/{name}: segment {index} fails authentication (damaged, truncated, or another key)"
-            ) from None
+            raise ManifestError(f"{where}: segment {index} fails authentication (damaged, truncated, or another key)") from None
         index += 1
-        try:
-            buffer += decompressor.decompress(plain)
-        except zstandard.ZstdError as e:
-            raise ManifestError(f"manifest {client_id}/{name}: bad compressed data: {e}") from None
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            yield _decode_line(client_id, name, line)
+        for i in range(0, len(plain), _DECOMPRESS_PIECE):  # bounds the text of one piece, not of the segment
+            try:
+                buffer += decompressor.decompress(plain[i : i + _DECOMPRESS_PIECE])
+            except zstandard.ZstdError as e:
+                raise ManifestError(f"{where}: bad compressed data: {e}") from None
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                yield _decode_line(client_id, name, line)
+        if last:
+            break
+        if more < 4:
+            raise ManifestError(f"{where}: truncated after segment {index - 1}")
+        (length,) = _U32.unpack_from(block, length)
+        pos = end + 4
     if buffer:
-        raise ManifestError(f"manifest {client_id}/{name}: ends inside a record")
+        raise ManifestError(f"{where}: ends inside a record")
 
 
 def _decode_line(client_id: int, name: str, line: bytes) -> dict[str, Any]:
