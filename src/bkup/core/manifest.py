@@ -55,8 +55,8 @@ class ManifestEncoder:
     """Builds one manifest: `begin()`, `add(record)` for each record (header first), `finish()`.
 
     Every call returns the bytes to append to the object; at most about one
-    segment is held in memory, and each segment is copied once on its way
-    out (its ciphertext, then the segment's bytes).
+    segment is held in memory, and each segment is copied twice on its way
+    out (into its ciphertext, then into the segment's bytes).
     """
 
     def __init__(self, key: bytes, user_id: int, client_id: int, name: str, *, segment_size: int = SEGMENT_SIZE) -> None:
