@@ -61,7 +61,7 @@ def test_a_stream_reads_one_segment_at_a_time():
         reads.append((start, n))
         return data[start : start + n]
 
-    assert list(stream_manifest(KEY, 3, "12", len(data), read_at)) == records(3000)
+    assert list(stream_manifest({7: KEY}.__getitem__, 3, "12", len(data), read_at)) == records(3000)
     assert len(reads) > 10 and max(n for _, n in reads) <= 10_000 + NONCE_SIZE + TAG_SIZE + 4
     assert sum(n for _, n in reads) == len(data)  # every byte read once
 
@@ -76,7 +76,7 @@ def test_a_segment_longer_than_the_format_allows_is_refused_unread():
         return data[start : start + n]
 
     with pytest.raises(ManifestError, match="longer than the format allows"):
-        list(stream_manifest(KEY, 2, "5", len(data), read_at))
+        list(stream_manifest(lambda _user_id: KEY, 2, "5", len(data), read_at))
     assert max(reads) == HEADER_SIZE + 4
 
 

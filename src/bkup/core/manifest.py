@@ -115,18 +115,19 @@ def manifest_user(data: bytes) -> int:
 def decode_manifest(key: bytes, client_id: int, name: str, data: bytes) -> Iterator[dict[str, Any]]:
     """The records of a manifest held in memory (small manifests and tests); see `stream_manifest`."""
     view = memoryview(data)
-    return stream_manifest(key, client_id, name, len(data), lambda start, n: view[start : start + n])
+    return stream_manifest(lambda _user_id: key, client_id, name, len(data), lambda start, n: view[start : start + n])
 
 
 def stream_manifest(
-    key: bytes, client_id: int, name: str, size: int, read_at: Callable[[int, int], bytes | memoryview]
+    user_key: Callable[[int], bytes], client_id: int, name: str, size: int, read_at: Callable[[int, int], bytes | memoryview]
 ) -> Iterator[dict[str, Any]]:
     """The records of a manifest of `size` bytes, header first, read through `read_at(start, length)`.
 
-    One read per segment (with the next segment's length prefix), so at most
-    one segment (≤ 4 MiB, the format's limit) and the records it holds are in
+    `user_key` gives the data key of the user the manifest names. One read
+    per segment (with the next segment's length prefix), so at most one
+    segment (≤ 4 MiB, the format's limit) and the records it holds are in
     memory, whatever the manifest's size. Raises ManifestError on any damage,
-    possibly after some records; `read_at` raises what its store raises.
+    possibly after some records; `read_at` and `user_key` raise what they raise.
     """
     where = f"manifest {client_id}/{name}"
     if size < HEADER_SIZE + 4:
@@ -134,7 +135,7 @@ def stream_manifest(
         raise ManifestError(f"{where}: truncated before its first segment")
     head = bytes(read_at(0, HEADER_SIZE + 4))
     user_id = manifest_user(head)
-    aead = AESGCM(key)
+    aead = AESGCM(user_key(user_id))
     decompressor = zstandard.ZstdDecompressor().decompressobj()
     (length,) = _U32.unpack_from(head, HEADER_SIZE)
     pos = HEADER_SIZE + 4  # where the segment of `length` bytes starts

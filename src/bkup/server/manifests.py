@@ -22,7 +22,7 @@ from sqlalchemy import update
 from bkup.catalog import history
 from bkup.catalog.models import Client, Run, User
 from bkup.catalog.queries import split_chunk_ids
-from bkup.core.manifest import FORMAT_VERSION, HEADER_SIZE, ManifestEncoder, manifest_user, stream_manifest
+from bkup.core.manifest import FORMAT_VERSION, ManifestEncoder, stream_manifest
 from bkup.core.prune import ClientPrune
 from bkup.server.context import ServerContext
 
@@ -171,7 +171,4 @@ def read_manifest(ctx: ServerContext, client_id: int, name: str) -> Iterator[dic
     """The records of one manifest, header first (decrypted with its user's key), read a segment at a time."""
     key = manifest_key(client_id, name)
     size = ctx.store.size(key)
-    user_id = manifest_user(ctx.store.get_range(key, 0, min(size, HEADER_SIZE)))
-    return stream_manifest(
-        ctx.keys.user_key(user_id), client_id, name, size, lambda start, n: ctx.store.get_range(key, start, n)
-    )
+    return stream_manifest(ctx.keys.user_key, client_id, name, size, lambda start, n: ctx.store.get_range(key, start, n))
