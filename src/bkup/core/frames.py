@@ -139,20 +139,17 @@ def encode_chunks(chunks: Iterable[tuple[str, bytes]], *, level: int = DEFAULT_L
     raws: list[bytes] = []
     size = 0
     for cid, raw in chunks:
-        if len(raw) >= BATCH_BELOW:
-            if ids:
-                batch = _encode_batch(ids, raws, level)
-                ids, raws, size = [], [], 0
-                yield from batch
-            yield encode_chunk(raw, level=level, chunk_id=cid)
-            continue
-        ids.append(cid)
-        raws.append(raw)
-        size += len(raw)
-        if size >= BATCH_BYTES:
+        small = len(raw) < BATCH_BELOW
+        if small:
+            ids.append(cid)
+            raws.append(raw)
+            size += len(raw)
+        if ids and (not small or size >= BATCH_BYTES):  # a large chunk keeps its place after the batch
             batch = _encode_batch(ids, raws, level)
             ids, raws, size = [], [], 0
             yield from batch
+        if not small:
+            yield encode_chunk(raw, level=level, chunk_id=cid)
     if ids:
         yield from _encode_batch(ids, raws, level)
 
